@@ -1,0 +1,1 @@
+"""The ``vmcrypt`` command line."""

@@ -1,0 +1,80 @@
+"""How logical sectors are stored: raw, or XTS-AES-256 ciphertext with thin holes.
+
+An all-zero 4096-byte stored sector of an encrypted disk is a *hole*: a sector never
+written since a thin disk was created. It reads as zeros. Real ciphertext is all zeros
+with probability 2^-32768, so the rule costs nothing in correctness and lets a 100 GiB
+disk be created instantly. Writes always store real ciphertext, so every sector written
+through vmcrypt decrypts identically with cryptsetup (which sees holes as pseudo-random).
+
+Conversions map stored sectors from one codec to another. Between two XTS codecs (deep
+re-key) holes stay holes, so the mapping is an exact bijection on stored bytes; the
+crash-recovery check in :mod:`vmcrypt.disk.convert` relies on being able to run it in
+reverse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vmcrypt.crypto.xts import SectorCipher
+
+__all__ = ["SECTOR", "RawCodec", "SectorCodec", "XtsCodec", "holes", "transcode"]
+
+SECTOR = 4096
+_WORDS = SECTOR // 8
+
+
+def holes(stored: np.ndarray) -> np.ndarray:
+    """Boolean mask of all-zero stored sectors in a whole-sector uint8 array."""
+    return ~stored.view("<u8").reshape(-1, _WORDS).any(axis=1)
+
+
+class SectorCodec:
+    """Turns stored sectors into plaintext and back, in place on uint8 arrays."""
+
+    encrypted: bool = False
+
+    def to_plain(self, buf: np.ndarray, first_sector: int) -> None:
+        """Decode ``buf`` (whole sectors starting at ``first_sector``) in place."""
+
+    def to_stored(self, buf: np.ndarray, first_sector: int) -> None:
+        """Encode plaintext ``buf`` in place for storage."""
+
+
+class RawCodec(SectorCodec):
+    """An unencrypted disk: stored bytes are the plaintext."""
+
+
+class XtsCodec(SectorCodec):
+    """aes-xts-plain64 with 4096-byte sectors under one DEK; holes read as zeros."""
+
+    encrypted = True
+
+    def __init__(self, dek: bytes, *, threads: int | None = None) -> None:
+        self.cipher = SectorCipher(dek, unit_size=SECTOR, threads=threads)
+
+    def to_plain(self, buf: np.ndarray, first_sector: int) -> None:
+        mask = holes(buf)
+        self.cipher.decrypt_into(buf, buf, first_sector)
+        if mask.any():
+            buf.reshape(-1, SECTOR)[mask] = 0
+
+    def to_stored(self, buf: np.ndarray, first_sector: int) -> None:
+        self.cipher.encrypt_into(buf, buf, first_sector)
+
+
+def transcode(buf: np.ndarray, first_sector: int, src: SectorCodec, dst: SectorCodec) -> None:
+    """Re-store sectors written by ``src`` as ``dst`` would, in place.
+
+    Between two encrypted codecs holes are kept as holes, so that ``transcode`` with
+    the codecs swapped is its exact inverse.
+    """
+    if src.encrypted and dst.encrypted:
+        mask = holes(buf)
+        src.to_plain(buf, first_sector)
+        dst.to_stored(buf, first_sector)
+        if mask.any():
+            buf.reshape(-1, SECTOR)[mask] = 0
+        return
+    src.to_plain(buf, first_sector)
+    dst.to_stored(buf, first_sector)

@@ -1,0 +1,87 @@
+"""Where the files of a disk live, and the durable-write helpers they share.
+
+A disk is named by its data file ``NAME.img``:
+
+- ``NAME.img``          the data: raw plaintext, or XTS ciphertext at offset 0;
+- ``NAME.img.luks``     the detached LUKS2 header, present iff the disk is encrypted;
+- ``NAME.img.journal``  present only while a conversion is unfinished.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from vmcrypt.disk.exceptions import DiskError, NoSpaceError
+
+__all__ = [
+    "atomic_write",
+    "fsync_dir",
+    "header_path",
+    "journal_path",
+    "lock_file",
+    "no_space",
+]
+
+StrPath = str | os.PathLike[str]
+
+
+def header_path(data: StrPath) -> Path:
+    """The detached LUKS2 header that belongs to a data file."""
+    return Path(os.fspath(data) + ".luks")
+
+
+def journal_path(data: StrPath) -> Path:
+    """The conversion journal that belongs to a data file."""
+    return Path(os.fspath(data) + ".journal")
+
+
+def fsync_dir(path: StrPath) -> None:
+    """Make a rename or unlink in ``path``'s directory durable."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def no_space(exc: OSError, what: str) -> DiskError:
+    """Turn ENOSPC into a NoSpaceError that says what to do; keep other errors as DiskError."""
+    if exc.errno == errno.ENOSPC:
+        return NoSpaceError(
+            f"no space left on the file system while writing {what}; "
+            "free some space and retry (nothing was lost)"
+        )
+    return DiskError(f"cannot write {what}: {exc.strerror or exc}")
+
+
+def atomic_write(path: StrPath, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the directory."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise no_space(exc, str(path)) from None
+
+
+def lock_file(fd: int, path: StrPath, *, exclusive: bool) -> None:
+    """Take a non-blocking flock so two processes never convert or write one disk."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DiskError(
+            f"{path} is in use by another vmcrypt process; wait for it to finish"
+        ) from None

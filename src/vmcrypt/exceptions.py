@@ -1,0 +1,55 @@
+"""The root of every error vmcrypt raises on purpose.
+
+::
+
+    VmcryptError
+    ├── UsageError               — the caller asked for something invalid (bad size, bad path)
+    ├── crypto.InvalidKey        — key material of the wrong length or shape
+    ├── crypto.IntegrityError    — one opaque error for every failed unwrap or open:
+    │                              wrong KEK, tampered keySafe, tampered sealed blob
+    └── disk.DiskError
+        ├── disk.HeaderError     — not a LUKS2 header, or both copies corrupt
+        ├── disk.WrongKeyError   — the DEK does not match the header's digest
+        ├── disk.ConversionInProgress — a journal says a conversion must be resumed
+        └── disk.JournalError    — the journal itself is unreadable
+
+User mistakes and internal failures stay distinct all the way up: the CLI maps each class
+to an exit code (see ``EXIT_CODES``) and prints the message, which always says what
+failed and what to do next, and never contains key bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_CODES", "UsageError", "VmcryptError", "exit_code_for"]
+
+
+class VmcryptError(Exception):
+    """Base class: everything vmcrypt raises deliberately derives from it."""
+
+
+class UsageError(VmcryptError):
+    """The request itself is invalid; nothing was changed."""
+
+
+#: CLI exit codes by error class name; the most specific class found in the MRO wins.
+EXIT_CODES: dict[str, int] = {
+    "VmcryptError": 1,
+    "UsageError": 2,
+    "InvalidKey": 3,
+    "IntegrityError": 4,
+    "WrongKeyError": 4,
+    "DiskError": 5,
+    "HeaderError": 6,
+    "ConversionInProgress": 7,
+    "JournalError": 8,
+    "NoSpaceError": 9,
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception to the CLI exit code of its most specific known class."""
+    for cls in type(exc).__mro__:
+        code = EXIT_CODES.get(cls.__name__)
+        if code is not None:
+            return code
+    return 1
