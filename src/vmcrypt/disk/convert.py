@@ -21,9 +21,10 @@ keySafe into its DEK (the CLI unwraps with a KEK file; a host uses its KEK cache
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,15 @@ from vmcrypt.disk.exceptions import (
     JournalError,
     WrongKeyError,
 )
-from vmcrypt.disk.files import StrPath, fsync_dir, header_path, journal_path, lock_file, no_space
+from vmcrypt.disk.files import (
+    StrPath,
+    fsync_dir,
+    header_path,
+    journal_path,
+    lock_file,
+    no_space,
+    remove_stale_temporaries,
+)
 from vmcrypt.disk.journal import Journal, dek_digest, fingerprints, verify_dek_digest
 from vmcrypt.exceptions import UsageError
 
@@ -158,10 +167,11 @@ def shallow_rekey(path: StrPath, *, dek: bytes, new_keysafe: KeySafe) -> None:
     over it; keyslots added by cryptsetup are carried over.
     """
     _check_idle(path)
-    header = read_header(path)
-    _verify(header, dek, path)
-    updated = luks2.with_keysafe(header, new_keysafe.to_dict())
-    luks2.write_header(header_path(path), updated, copy_keyslots_from=header_path(path))
+    with _locked(path):
+        header = read_header(path)
+        _verify(header, dek, path)
+        updated = luks2.with_keysafe(header, new_keysafe.to_dict())
+        luks2.write_header(header_path(path), updated, copy_keyslots_from=header_path(path))
 
 
 def pending(path: StrPath) -> Journal | None:
@@ -216,12 +226,7 @@ def _run(
 ) -> None:
     src: SectorCodec = XtsCodec(old_dek) if old_dek is not None else RawCodec()
     dst: SectorCodec = XtsCodec(new_dek) if new_dek is not None else RawCodec()
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as exc:
-        raise DiskError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        lock_file(fd, path, exclusive=True)
+    with _locked(path) as fd:
         if os.fstat(fd).st_size != journal.size:
             raise JournalError(
                 f"{path} is {os.fstat(fd).st_size} bytes but its journal expects "
@@ -247,7 +252,7 @@ def _run(
             journal.inflight_fp = fingerprints(chunk)
             journal.save()
             transcode(chunk, offset // SECTOR, src, dst)
-            _pwrite(fd, chunk, offset, path)
+            _pwrite(fd, chunk, offset, str(path))
             os.fdatasync(fd)
             journal.done = offset + length
             if progress is not None:
@@ -257,8 +262,6 @@ def _run(
         journal.save()
         _finish(path, journal, new_dek)
         journal.remove()
-    finally:
-        os.close(fd)
 
 
 def _repair_inflight(fd: int, journal: Journal, src: SectorCodec, dst: SectorCodec) -> None:
@@ -305,6 +308,21 @@ def _finish(path: StrPath, journal: Journal, new_dek: bytes | None) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: StrPath) -> Iterator[int]:
+    """Hold the disk's exclusive lock: no writer and no other conversion meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise DiskError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        lock_file(fd, path, exclusive=True)
+        remove_stale_temporaries(path)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _check_idle(path: StrPath) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "journal_path",
     "lock_file",
     "no_space",
+    "remove_stale_temporaries",
 ]
 
 StrPath = str | os.PathLike[str]
@@ -85,3 +86,14 @@ def lock_file(fd: int, path: StrPath, *, exclusive: bool) -> None:
         raise DiskError(
             f"{path} is in use by another vmcrypt process; wait for it to finish"
         ) from None
+
+
+def remove_stale_temporaries(data: StrPath) -> None:
+    """Delete temp files a killed process left beside a disk (journal and header updates).
+
+    Only called while holding the disk's exclusive lock, so no live writer owns them.
+    """
+    path = Path(data)
+    for pattern in (f".{path.name}.journal.tmp-*", f".{path.name}.luks.*.tmp"):
+        for stale in path.parent.glob(pattern):
+            stale.unlink(missing_ok=True)
