@@ -10,8 +10,8 @@ from vmcrypt.crypto import (
     generate_kek,
     generate_xts_key,
 )
-from vmcrypt.crypto.keys import check_key
 from vmcrypt.crypto.exceptions import InvalidKey
+from vmcrypt.crypto.keys import check_key
 
 
 def test_sizes_and_uniqueness() -> None:

@@ -17,8 +17,8 @@ def load_kw(name: str) -> list[dict[str, Any]]:
     path: Path = vectors_path("keywrap", "kwtestvectors", name)
     cases: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw_line in path.read_text().splitlines():
+        line = raw_line.strip()
         if not line or line.startswith(("#", "[")):
             continue
         if line.startswith("COUNT"):

@@ -67,13 +67,12 @@ def test_random_access_matches_a_bytearray_model(
     ks = seal_keysafe(kek=generate_kek(), dek=dek, provider_id="t", key_id="k")
     model = bytearray(size)
     with create_encrypted(path, size=size, dek=dek, keysafe=ks) as disk:
-        for offset, length in writes:
-            length = min(length, size - offset)
+        spans = [(offset, min(length, size - offset)) for offset, length in writes]
+        for offset, length in spans:
             data = os.urandom(length)
             disk.write(offset, data)
             model[offset : offset + length] = data
-        for offset, length in writes:
-            length = min(length, size - offset)
+        for offset, length in spans:
             assert disk.read(offset, length) == model[offset : offset + length]
     with open_encrypted(path, dek=dek, writable=False) as disk:
         assert disk.read(0, size) == model
@@ -127,7 +126,9 @@ def test_out_of_range_and_read_only(tmp_path: Path, dek: bytes, keysafe: KeySafe
             disk.write(0, b"x")
 
 
-def test_grow_keeps_data_and_new_space_is_zero(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:
+def test_grow_keeps_data_and_new_space_is_zero(
+    tmp_path: Path, dek: bytes, keysafe: KeySafe
+) -> None:
     path = tmp_path / "d.img"
     with create_encrypted(path, size=MiB, dek=dek, keysafe=keysafe) as disk:
         disk.write(MiB - 5, b"hello")
@@ -162,9 +163,11 @@ def test_journal_blocks_plain_open(tmp_path: Path, dek: bytes, keysafe: KeySafe)
 
 def test_second_writer_is_refused(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:
     path = tmp_path / "d.img"
-    with create_encrypted(path, size=MiB, dek=dek, keysafe=keysafe):
-        with pytest.raises(DiskError, match="in use"):
-            open_encrypted(path, dek=dek)
+    with (
+        create_encrypted(path, size=MiB, dek=dek, keysafe=keysafe),
+        pytest.raises(DiskError, match="in use"),
+    ):
+        open_encrypted(path, dek=dek)
 
 
 def test_concurrent_threads_on_one_disk(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:

@@ -11,7 +11,6 @@ journal exists afterwards) and insists on at least 20 of them per conversion.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import subprocess

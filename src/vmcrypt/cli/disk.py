@@ -8,13 +8,18 @@ throughput and ETA on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from vmcrypt.cli.keyfiles import (
     FILE_PROVIDER,
@@ -25,11 +30,13 @@ from vmcrypt.cli.keyfiles import (
     write_secret_file,
 )
 from vmcrypt.cli.output import err, print_json, print_record, progress_bar
+from vmcrypt.crypto.exceptions import IntegrityError
 from vmcrypt.crypto.keys import generate_xts_key
 from vmcrypt.crypto.keysafe import KeySafe, open_keysafe, rewrap_keysafe, seal_keysafe
 from vmcrypt.disk import container, convert, luks2
+from vmcrypt.disk.exceptions import ConversionInProgress, WrongKeyError
 from vmcrypt.disk.files import header_path
-from vmcrypt.exceptions import UsageError
+from vmcrypt.exceptions import UsageError, VmcryptError
 
 app = typer.Typer(
     help=(
@@ -49,7 +56,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document f
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 KeyIdOpt = Annotated[
     str | None,
-    typer.Option("--key-id", help="KEK ID to record in the keySafe (default: the KEK's check value)."),
+    typer.Option(
+        "--key-id", help="KEK ID to record in the keySafe (default: the KEK's check value)."
+    ),
 ]
 ProviderOpt = Annotated[
     str, typer.Option("--provider-id", help="Key provider ID to record in the keySafe.")
@@ -72,7 +81,22 @@ def _need_kek(kek_file: Path | None) -> bytes:
     return load_kek(kek_file)
 
 
+def _need_data(path: Path) -> None:
+    if path.exists():
+        return
+    if header_path(path).exists():
+        raise UsageError(
+            f"{path}: no such data file, although its header {header_path(path)} exists; "
+            "check the path (was the data file moved or renamed?)"
+        )
+    raise UsageError(f"{path}: no such data file; check the path")
+
+
 def _keysafe_of(path: Path) -> KeySafe:
+    if not path.exists() and not header_path(path).exists():
+        raise UsageError(
+            f"no disk at {path}: neither {path} nor {header_path(path)} exists; check the path"
+        )
     keysafe = container.read_keysafe(path)
     if keysafe is None:
         raise UsageError(
@@ -82,8 +106,28 @@ def _keysafe_of(path: Path) -> KeySafe:
     return keysafe
 
 
+class _KekDoesNotFit(IntegrityError):
+    """The opaque IntegrityError (exit code 4), but naming the disk and the KEK it needs."""
+
+    def __init__(self, path: Path, kek_file: Path | None, kek: bytes, keysafe: KeySafe) -> None:
+        VmcryptError.__init__(
+            self,
+            f"the KEK in {kek_file} (key ID {kek_key_id(kek)}) does not open the keySafe of "
+            f"{path}: the key is wrong or the keySafe was altered; use the KEK with key ID "
+            f"{keysafe.key_id} from provider {keysafe.provider_id}",
+        )
+
+
+def _unwrap(path: Path, kek_file: Path | None, kek: bytes, keysafe: KeySafe) -> bytes:
+    try:
+        return open_keysafe(keysafe, kek)
+    except IntegrityError:
+        raise _KekDoesNotFit(path, kek_file, kek, keysafe) from None
+
+
 def _dek(path: Path, kek_file: Path | None) -> bytes:
-    return open_keysafe(_keysafe_of(path), _need_kek(kek_file))
+    keysafe = _keysafe_of(path)
+    return _unwrap(path, kek_file, _need_kek(kek_file), keysafe)
 
 
 def _keysafe_view(keysafe: KeySafe | None) -> dict[str, Any] | None:
@@ -106,7 +150,7 @@ def _done(as_json: bool, message: str, data: dict[str, Any]) -> None:
     if as_json:
         print_json(data)
     else:
-        err.print(f"[green]✓[/] {message}", highlight=False)
+        err.print(f"[green]✓[/] {escape(message)}", highlight=False)
 
 
 def _seal(kek: bytes, dek: bytes, provider_id: str, key_id: str | None) -> KeySafe:
@@ -130,6 +174,7 @@ def new_kek_cmd(
 @app.command()
 def create(
     path: PathArg,
+    *,
     size: Annotated[str, typer.Option("--size", "-s", help="Size, e.g. 10G; a multiple of 4 KiB.")],
     kek_file: KekOpt = None,
     raw: Annotated[bool, typer.Option("--raw", help="Create an unencrypted disk.")] = False,
@@ -165,8 +210,7 @@ def create(
 @app.command()
 def info(path: PathArg, as_json: JsonOpt = False) -> None:
     """Show a disk's state, header and keySafe fields (never key bytes)."""
-    if not path.exists():
-        raise UsageError(f"{path}: no such data file")
+    _need_data(path)
     data: dict[str, Any] = {"path": str(path), "size": path.stat().st_size}
     journal = convert.pending(path)
     data["conversion"] = (
@@ -208,6 +252,7 @@ def info(path: PathArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def encrypt(
     path: PathArg,
+    *,
     kek_file: KekOpt = None,
     provider_id: ProviderOpt = FILE_PROVIDER,
     key_id: KeyIdOpt = None,
@@ -215,6 +260,7 @@ def encrypt(
     quiet: QuietOpt = False,
 ) -> None:
     """Encrypt a raw disk in place (crash-safe; `resume` finishes it if interrupted)."""
+    _need_data(path)
     kek = _need_kek(kek_file)
     dek = generate_xts_key()
     keysafe = _seal(kek, dek, provider_id, key_id)
@@ -237,6 +283,7 @@ def decrypt(path: PathArg, kek_file: KekOpt = None, as_json: JsonOpt = False,
 @app.command()
 def rekey(
     path: PathArg,
+    *,
     kek_file: KekOpt = None,
     shallow: Annotated[bool, typer.Option("--shallow", help="New KEK, same DEK: O(1).")] = False,
     deep: Annotated[bool, typer.Option("--deep", help="New DEK: re-encrypt all data.")] = False,
@@ -244,7 +291,9 @@ def rekey(
         Path | None, typer.Option("--new-kek-file", help="The new KEK (required for --shallow).")
     ] = None,
     provider_id: ProviderOpt = FILE_PROVIDER,
-    new_key_id: Annotated[str | None, typer.Option("--new-key-id", help="ID of the new KEK.")] = None,
+    new_key_id: Annotated[
+        str | None, typer.Option("--new-key-id", help="ID of the new KEK.")
+    ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -253,7 +302,7 @@ def rekey(
         raise UsageError("choose exactly one of --shallow and --deep")
     kek = _need_kek(kek_file)
     keysafe = _keysafe_of(path)
-    dek = open_keysafe(keysafe, kek)
+    dek = _unwrap(path, kek_file, kek, keysafe)
     if shallow:
         if new_kek_file is None:
             raise UsageError("--shallow needs --new-kek-file: the KEK to re-wrap the DEK under")
@@ -280,12 +329,14 @@ def resume(
     path: PathArg,
     kek_file: KekOpt = None,
     new_kek_file: Annotated[
-        Path | None, typer.Option("--new-kek-file", help="Also try this KEK (deep re-key to a new KEK).")
+        Path | None,
+        typer.Option("--new-kek-file", help="Also try this KEK (deep re-key to a new KEK)."),
     ] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Finish a conversion that was interrupted (killed, cancelled, power loss)."""
+    _need_data(path)
     journal = convert.pending(path)
     if journal is None:
         _done(as_json, f"{path}: nothing to resume", {"path": str(path), "resumed": None})
@@ -293,10 +344,13 @@ def resume(
     keks = [_need_kek(kek_file)] + ([load_kek(new_kek_file)] if new_kek_file else [])
     with progress_bar(f"resuming {journal.operation}", enabled=not (quiet or as_json)) as bar:
         operation = convert.resume(path, resolve_dek=resolver(keks), progress=bar)
+        if bar:  # the repair of the in-flight chunk alone reports no progress
+            bar(journal.size, journal.size)
     _done(as_json, f"{operation} of {path} completed", {"path": str(path), "resumed": operation})
 
 
 def _open(path: Path, kek_file: Path | None, *, writable: bool) -> container.Disk:
+    _need_data(path)
     if container.is_encrypted(path):
         return container.open_encrypted(path, dek=_dek(path, kek_file), writable=writable)
     return container.open_raw(path, writable=writable)
@@ -308,13 +362,27 @@ def read(
     kek_file: KekOpt = None,
     offset: Annotated[str, typer.Option(help="Start byte (size suffixes allowed).")] = "0",
     length: Annotated[str | None, typer.Option(help="Bytes to read (default: to the end).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
 ) -> None:
     """Read plaintext bytes from a disk to a file or stdout."""
     start = parse_size(offset)
     with _open(path, kek_file, writable=False) as disk:
         count = disk.size - start if length is None else parse_size(length)
-        sink = output.open("wb") if output else sys.stdout.buffer
+        # Checked before the output file is created: an offset past the end must fail,
+        # not print nothing and succeed.
+        if start > disk.size or start + count > disk.size:
+            what = "from" if length is None else f"{count} bytes at"
+            raise UsageError(
+                f"cannot read {what} offset {start}: {path} is only {disk.size} bytes; "
+                "give an --offset and --length inside the disk"
+            )
+        # Plaintext of an encrypted disk: a new output file is private (0600) like a DEK.
+        sink = (
+            open(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # noqa: SIM115
+            if output else sys.stdout.buffer
+        )
         try:
             pos = 0
             while pos < count:
@@ -359,21 +427,37 @@ def write(
 def verify(
     path: PathArg,
     kek_file: KekOpt = None,
-    sha256: Annotated[bool, typer.Option("--sha256", help="Also hash the whole plaintext.")] = False,
+    sha256: Annotated[
+        bool, typer.Option("--sha256", help="Also hash the whole plaintext.")
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Check a disk: header copies and checksums, keySafe unwraps, DEK matches the digest."""
+    _need_data(path)
     checks: dict[str, Any] = {"path": str(path)}
     if convert.pending(path) is not None:
-        raise UsageError(f"a conversion of {path} is unfinished; run `vmcrypt disk resume {path}`")
+        raise ConversionInProgress(
+            f"a conversion of {path} is unfinished; run `vmcrypt disk resume {path}` first"
+        )
+    warnings: list[str] = []
     if container.is_encrypted(path):
-        header = container.read_header(path)
+        with _collect_warnings(luks2.__name__, warnings):
+            header = container.read_header(path)
         checks["header"] = "ok"
+        if warnings:
+            checks["header"] = (
+                f"degraded: {'; '.join(warnings)}; to repair it now, re-key to the same KEK: "
+                f"vmcrypt disk rekey {path} --shallow -k KEK --new-kek-file KEK"
+            )
         dek = _dek(path, kek_file)
         checks["keysafe"] = "unwraps with the KEK"
         if not header.verify_volume_key(dek):
-            raise UsageError("the unwrapped DEK does not match the header digest")
+            raise WrongKeyError(
+                f"the DEK unwrapped from the keySafe of {path} does not match the digest in "
+                "its header: the header was altered or belongs to another disk; restore it "
+                "from a backup"
+            )
         checks["dek_digest"] = "matches"
     with _open(path, kek_file, writable=False) as disk:
         checks["size"] = disk.size
@@ -388,14 +472,33 @@ def verify(
     if as_json:
         print_json(checks)
     else:
-        print_record(f"verify {path}: OK", checks)
+        print_record(f"verify {path}: OK{', with warnings' if warnings else ''}", checks)
+
+
+@contextlib.contextmanager
+def _collect_warnings(logger_name: str, into: list[str]) -> Iterator[None]:
+    """Gather the warnings ``logger_name`` logs inside the block (they still reach stderr)."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            into.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 @app.command("export-dek")
 def export_dek(
     path: PathArg,
     kek_file: KekOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="File for the DEK (created 0600).")] = Path("dek.bin"),
+    out: Annotated[
+        Path, typer.Option("--out", help="File for the DEK (created 0600).")
+    ] = Path("dek.bin"),
     as_json: JsonOpt = False,
 ) -> None:
     """Write the disk's DEK in the clear for recovery with cryptsetup (see docs/recovery.md)."""

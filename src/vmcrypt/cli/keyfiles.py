@@ -60,9 +60,9 @@ def resolver(keks: list[bytes]) -> Callable[[KeySafe], bytes]:
 
     def resolve(keysafe: KeySafe) -> bytes:
         for kek in keks:
-            if keysafe.key_id is not None and keysafe.key_id.startswith("kcv:"):
-                if keysafe.key_id != kek_key_id(kek):
-                    continue
+            key_id = keysafe.key_id
+            if key_id is not None and key_id.startswith("kcv:") and key_id != kek_key_id(kek):
+                continue
             try:
                 return open_keysafe(keysafe, kek)
             except IntegrityError:

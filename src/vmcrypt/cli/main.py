@@ -7,9 +7,12 @@ then with a request to report it.
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
 
 import typer
+from rich.markup import escape
 
 from vmcrypt import __version__
 from vmcrypt.cli.disk import app as disk_app
@@ -35,17 +38,52 @@ def version() -> None:
     print(__version__)
 
 
+class _OncePerMessage(logging.Filter):
+    """A command reads a header several times; say each warning once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+def _warnings_to_stderr() -> None:
+    """vmcrypt's log warnings (e.g. one bad header copy) as ``warning: …`` lines on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.addFilter(_OncePerMessage())
+    logger = logging.getLogger("vmcrypt")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
 def main() -> None:
     """Run the CLI, turning deliberate errors into one clear line and an exit code."""
+    _warnings_to_stderr()
     try:
         # Standalone mode: usage errors print Typer's help hint and exit 2 by themselves.
-        app()
+        app(prog_name="vmcrypt")
     except VmcryptError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exit_code_for(exc))
     except OSError as exc:
-        name = f" {exc.filename}" if exc.filename else ""
-        err.print(f"[bold red]error:[/]{name}: {exc.strerror or exc}", highlight=False)
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {escape(f'{where}{exc.strerror or exc}')}",
+                  highlight=False)
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc()
+        err.print(
+            "[bold red]error:[/] unexpected failure: this is a bug in vmcrypt; "
+            "please report it with the traceback above",
+            highlight=False,
+        )
         sys.exit(1)
 
 

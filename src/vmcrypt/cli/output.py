@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -33,11 +34,11 @@ def print_json(data: Any) -> None:
 
 def print_record(title: str, rows: dict[str, Any]) -> None:
     """A two-column table for people."""
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=escape(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows.items():
-        table.add_row(key, "—" if value is None else str(value))
+        table.add_row(escape(key), "—" if value is None else escape(str(value)))
     out.print(table)
 
 
@@ -62,5 +63,13 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Any]:
     def update(done: int, total: int) -> None:
         bar.update(task, completed=done, total=total)
 
-    with bar:
+    bar.start()
+    try:
         yield update
+    except BaseException:
+        # The error gets one line of its own: erase the bar instead of leaving a
+        # half-drawn one (and, off a terminal, Progress.stop's blank line) above it.
+        bar.live.transient = True
+        bar.live.stop()
+        raise
+    bar.stop()

@@ -44,7 +44,7 @@ def check_key(key: object, size: int, what: str) -> bytes:
 
 
 def generate_kek() -> bytes:
-    """A fresh AES-256 KEK (used by the native provider and in tests; KMIP keys come from the KMS)."""
+    """A fresh AES-256 KEK (native provider, tests); KMIP KEKs come from the key server."""
     return os.urandom(KEK_SIZE)
 
 

@@ -26,7 +26,7 @@ _WORDS = SECTOR // 8
 
 def holes(stored: np.ndarray) -> np.ndarray:
     """Boolean mask of all-zero stored sectors in a whole-sector uint8 array."""
-    return ~stored.view("<u8").reshape(-1, _WORDS).any(axis=1)
+    return np.asarray(~stored.view("<u8").reshape(-1, _WORDS).any(axis=1))
 
 
 class SectorCodec:

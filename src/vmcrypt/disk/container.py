@@ -110,7 +110,7 @@ class Disk:
             buf = self._load(first, last)
             skip = start - first * SECTOR
             take = min(len(view) - pos, (last - first) * SECTOR - skip)
-            view[pos : pos + take] = buf[skip : skip + take]
+            view[pos : pos + take] = buf[skip : skip + take].data
             pos += take
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -137,7 +137,7 @@ class Disk:
                     view[pos - offset : piece_end - offset], dtype=np.uint8
                 )
                 self._codec.to_stored(buf, first)
-                self._pwrite_all(memoryview(buf), first * SECTOR)
+                self._pwrite_all(buf.data, first * SECTOR)
             pos = piece_end
 
     def flush(self) -> None:
@@ -196,12 +196,12 @@ class Disk:
         """Plaintext of sectors [first, last); with ``edges_only`` only the two ends."""
         buf = np.empty((last - first) * SECTOR, dtype=np.uint8)
         if not edges_only:
-            self._pread_exact(memoryview(buf), first * SECTOR)
+            self._pread_exact(buf.data, first * SECTOR)
             self._codec.to_plain(buf, first)
             return buf
         for sector in sorted({first, last - 1}):
             part = buf[(sector - first) * SECTOR : (sector - first + 1) * SECTOR]
-            self._pread_exact(memoryview(part), sector * SECTOR)
+            self._pread_exact(part.data, sector * SECTOR)
             self._codec.to_plain(part, sector)
         return buf
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,32 +237,88 @@ def _run(
             journal.save()
         if journal.inflight_first is not None:
             _repair_inflight(fd, journal, src, dst)
-        size = journal.size
-        buf = np.empty(CHUNK, dtype=np.uint8)
-        while journal.done < size:
-            if cancel is not None and cancel.is_set():
-                raise ConversionCancelled(
-                    f"{journal.operation} of {path} cancelled at {journal.percent:.0f}%; "
-                    f"the disk is consistent — run `vmcrypt disk resume {path}` to finish"
-                )
-            offset = journal.done
-            length = min(CHUNK, size - offset)
-            chunk = buf[:length]
-            _pread(fd, chunk, offset)
-            journal.inflight_first = offset // SECTOR
-            journal.inflight_fp = fingerprints(chunk)
-            journal.save()
-            transcode(chunk, offset // SECTOR, src, dst)
-            _pwrite(fd, chunk, offset, str(path))
-            os.fdatasync(fd)
-            journal.done = offset + length
-            if progress is not None:
-                progress(journal.done, size)
+        _convert_chunks(
+            fd, path=path, journal=journal, src=src, dst=dst, progress=progress, cancel=cancel
+        )
         journal.inflight_first = None
         journal.inflight_fp = None
         journal.save()
         _finish(path, journal, new_dek)
         journal.remove()
+
+
+def _convert_chunks(
+    fd: int,
+    *,
+    path: StrPath,
+    journal: Journal,
+    src: SectorCodec,
+    dst: SectorCodec,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> None:
+    """Convert chunk after chunk, overlapping the compute of one with the write of another.
+
+    The main thread reads and transcodes chunk k+1 while a writer thread makes chunk k
+    durable — journal record, data write, fdatasync — strictly in order, so the journal
+    invariant (a chunk is only marked in flight once its predecessor is on disk) holds
+    exactly as in a sequential loop. Three buffers rotate; memory stays at three chunks.
+    """
+    size = journal.size
+    free: queue.Queue[np.ndarray] = queue.Queue()
+    for _ in range(3):
+        free.put(np.empty(CHUNK, dtype=np.uint8))
+    ready: queue.Queue[tuple[int, np.ndarray, np.ndarray, np.ndarray] | None] = queue.Queue(
+        maxsize=1
+    )
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        # Keeps draining after a failure or a cancel, so the producer never blocks on a
+        # full queue; a chunk dropped here was never journaled, so nothing is lost.
+        while (item := ready.get()) is not None:
+            offset, fps, chunk, whole = item
+            if not failure and not (cancel is not None and cancel.is_set()):
+                try:
+                    journal.inflight_first = offset // SECTOR
+                    journal.inflight_fp = fps
+                    journal.save()
+                    _pwrite(fd, chunk, offset, str(path))
+                    os.fdatasync(fd)
+                    journal.done = offset + chunk.size
+                    if progress is not None:
+                        progress(journal.done, size)
+                except BaseException as exc:  # re-raised by the main thread
+                    failure.append(exc)
+            free.put(whole)
+
+    thread = threading.Thread(target=writer, name="vmcrypt-convert-writer", daemon=True)
+    thread.start()
+    offset = journal.done
+    try:
+        while offset < size and not failure:
+            if cancel is not None and cancel.is_set():
+                break
+            length = min(CHUNK, size - offset)
+            whole = free.get()
+            if failure:
+                break
+            chunk = whole[:length]
+            _pread(fd, chunk, offset)
+            fps = fingerprints(chunk)
+            transcode(chunk, offset // SECTOR, src, dst)
+            ready.put((offset, fps, chunk, whole))
+            offset += length
+    finally:
+        ready.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    if journal.done < size:
+        raise ConversionCancelled(
+            f"{journal.operation} of {path} cancelled at {journal.percent:.0f}%; "
+            f"the disk is consistent — run `vmcrypt disk resume {path}` to finish"
+        )
 
 
 def _repair_inflight(fd: int, journal: Journal, src: SectorCodec, dst: SectorCodec) -> None:
@@ -348,7 +405,7 @@ def _data_size(path: StrPath) -> int:
 
 
 def _pread(fd: int, buf: np.ndarray, offset: int) -> None:
-    view = memoryview(buf)
+    view = buf.data
     done = 0
     while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
@@ -358,7 +415,7 @@ def _pread(fd: int, buf: np.ndarray, offset: int) -> None:
 
 
 def _pwrite(fd: int, buf: np.ndarray, offset: int, what: str) -> None:
-    view = memoryview(buf)
+    view = buf.data
     done = 0
     try:
         while done < len(view):

@@ -123,7 +123,9 @@ class Journal:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise JournalError(f"cannot read the conversion journal {path}: {exc.strerror}") from None
+            raise JournalError(
+                f"cannot read the conversion journal {path}: {exc.strerror}"
+            ) from None
         bad = JournalError(
             f"the conversion journal {path} is corrupt; the data file was not touched "
             "by this check — restore the journal from a backup or contact support"
