@@ -74,10 +74,10 @@ def test_malformed_wrapped_keys_are_integrity_errors(bad: bytes) -> None:
         unwrap_key(os.urandom(32), bad)
 
 
-@pytest.mark.parametrize("kek", [b"", os.urandom(16), os.urandom(24), os.urandom(33)])
-def test_only_aes256_keks_are_accepted(kek: bytes) -> None:
+@pytest.mark.parametrize("length", [0, 16, 24, 33])
+def test_only_aes256_keks_are_accepted(length: int) -> None:
     with pytest.raises(InvalidKey, match="32 bytes"):
-        wrap_key(kek, os.urandom(32))
+        wrap_key(os.urandom(length), os.urandom(32))
 
 
 def test_empty_key_is_refused() -> None:

@@ -110,11 +110,14 @@ class _KekDoesNotFit(IntegrityError):
     """The opaque IntegrityError (exit code 4), but naming the disk and the KEK it needs."""
 
     def __init__(self, path: Path, kek_file: Path | None, kek: bytes, keysafe: KeySafe) -> None:
+        wanted = "the KEK it was made with"
+        if keysafe.key_id:
+            wanted = f"the KEK with key ID {keysafe.key_id}"
         VmcryptError.__init__(
             self,
             f"the KEK in {kek_file} (key ID {kek_key_id(kek)}) does not open the keySafe of "
-            f"{path}: the key is wrong or the keySafe was altered; use the KEK with key ID "
-            f"{keysafe.key_id} from provider {keysafe.provider_id}",
+            f"{path}: the key is wrong or the keySafe was altered; use {wanted} "
+            f"from provider {keysafe.provider_id}",
         )
 
 
