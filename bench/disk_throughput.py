@@ -79,7 +79,8 @@ def qemu(size: int, work: Path, raw: Path) -> tuple[float, float]:
     info = subprocess.run(["qemu-img", "info", "--output=json", str(luks)], check=True,
                           capture_output=True, text=True).stdout
     spec = json.loads(info)["format-specific"]["data"]
-    if (spec["cipher-alg"], spec["cipher-mode"], spec["ivgen-alg"]) != ("aes-256", "xts", "plain64"):
+    made = (spec["cipher-alg"], spec["cipher-mode"], spec["ivgen-alg"])
+    if made != ("aes-256", "xts", "plain64"):
         raise SystemExit(f"qemu-img made {spec}, not aes-256-xts-plain64: not comparable")
     dec = timed(lambda: subprocess.run(
         ["qemu-img", "convert", *secret, "--image-opts",
