@@ -89,6 +89,7 @@ def test_deep_rekey_keeps_thin_holes(tmp_path: Path, kek: bytes, dek: bytes,
     deep_rekey(path, old_dek=dek, new_dek=new_dek, new_keysafe=ks)
     stored = path.read_bytes()
     assert stored[:MiB] == bytes(MiB)  # still a hole
+    assert os.stat(path).st_blocks * 512 <= 64 * 1024  # and still unallocated
     with open_encrypted(path, dek=new_dek) as disk:
         assert disk.read(MiB, 4096) == b"x" * 4096
         assert disk.read(0, 4096) == bytes(4096)

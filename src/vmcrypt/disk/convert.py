@@ -33,7 +33,7 @@ import numpy as np
 from vmcrypt.crypto.keys import constant_time_equal
 from vmcrypt.crypto.keysafe import KeySafe
 from vmcrypt.disk import luks2
-from vmcrypt.disk.codec import SECTOR, RawCodec, SectorCodec, XtsCodec, transcode
+from vmcrypt.disk.codec import SECTOR, RawCodec, SectorCodec, XtsCodec, holes, transcode
 from vmcrypt.disk.container import Progress, read_header
 from vmcrypt.disk.exceptions import (
     ConversionCancelled,
@@ -268,8 +268,8 @@ def _convert_chunks(
     free: queue.Queue[np.ndarray] = queue.Queue()
     for _ in range(3):
         free.put(np.empty(CHUNK, dtype=np.uint8))
-    ready: queue.Queue[tuple[int, np.ndarray, np.ndarray, np.ndarray] | None] = queue.Queue(
-        maxsize=1
+    ready: queue.Queue[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = (
+        queue.Queue(maxsize=1)
     )
     failure: list[BaseException] = []
 
@@ -277,13 +277,13 @@ def _convert_chunks(
         # Keeps draining after a failure or a cancel, so the producer never blocks on a
         # full queue; a chunk dropped here was never journaled, so nothing is lost.
         while (item := ready.get()) is not None:
-            offset, fps, chunk, whole = item
+            offset, fps, chunk, whole, unchanged = item
             if not failure and not (cancel is not None and cancel.is_set()):
                 try:
                     journal.inflight_first = offset // SECTOR
                     journal.inflight_fp = fps
                     journal.save()
-                    _pwrite(fd, chunk, offset, str(path))
+                    _pwrite_changed(fd, chunk, offset, unchanged, str(path))
                     os.fdatasync(fd)
                     journal.done = offset + chunk.size
                     if progress is not None:
@@ -306,8 +306,9 @@ def _convert_chunks(
             chunk = whole[:length]
             _pread(fd, chunk, offset)
             fps = fingerprints(chunk)
+            was_zero = holes(chunk)
             transcode(chunk, offset // SECTOR, src, dst)
-            ready.put((offset, fps, chunk, whole))
+            ready.put((offset, fps, chunk, whole, was_zero & holes(chunk)))
             offset += length
     finally:
         ready.put(None)
@@ -412,6 +413,23 @@ def _pread(fd: int, buf: np.ndarray, offset: int) -> None:
         if n == 0:
             raise DiskError(f"unexpected end of data file at byte {offset + done}")
         done += n
+
+
+def _pwrite_changed(
+    fd: int, buf: np.ndarray, offset: int, unchanged: np.ndarray, what: str
+) -> None:
+    """Write ``buf`` but skip sectors that were zero and stay zero (holes stay unallocated).
+
+    Skipped sectors hold the same bytes before and after, so crash recovery sees them as
+    old and redoes them into the same zeros.
+    """
+    if not unchanged.any():
+        _pwrite(fd, buf, offset, what)
+        return
+    change = np.flatnonzero(np.diff(np.concatenate(([1], unchanged.view(np.int8), [1]))))
+    # ``change`` alternates: start of a run to write, start of a run to skip, ...
+    for start, stop in zip(change[::2], change[1::2], strict=True):
+        _pwrite(fd, buf[start * SECTOR : stop * SECTOR], offset + int(start) * SECTOR, what)
 
 
 def _pwrite(fd: int, buf: np.ndarray, offset: int, what: str) -> None:
