@@ -26,6 +26,7 @@ from tests.crypto.vectors import (
     unhex,
     vectors_path,
 )
+from vmcrypt.crypto import generate_xts_key
 from vmcrypt.crypto.exceptions import InvalidKey
 from vmcrypt.crypto.xts import DM_TWEAK_UNIT, SectorCipher, xts_decrypt, xts_encrypt
 
@@ -379,3 +380,17 @@ def test_sector_number_range() -> None:
         cipher.encrypt(data, last)  # the second sector would overflow
     with pytest.raises(ValueError):
         xts_encrypt(random_key(), bytes(32), unit_size=32, first_tweak=2**64)
+
+
+@pytest.mark.parametrize("units", [1, 2, 7, 8, 9])
+def test_small_calls_match_the_batched_path(units: int) -> None:
+    """Up to 8 sectors take a per-sector path (bytes in, bytes out); both paths agree."""
+    key = generate_xts_key()
+    longer = os.urandom(64 * 4096)  # 64 units always take the batched path
+    data = longer[: units * 4096]
+    cipher = SectorCipher(key)
+    small = cipher.encrypt(data, 12345)
+    batched = np.empty(len(longer), dtype=np.uint8)
+    cipher.encrypt_into(np.frombuffer(longer, dtype=np.uint8), batched, 12345)
+    assert small == batched[: units * 4096].tobytes()
+    assert cipher.decrypt(small, 12345) == data
