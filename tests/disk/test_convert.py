@@ -225,13 +225,19 @@ def test_torn_sector_is_reported_not_guessed(tmp_path: Path, monkeypatch: pytest
         resume(path, resolve_dek=lambda ks: dek)
 
 
-def test_corrupt_journal_is_refused(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:
-    path = tmp_path / "d.img"
-    _raw(path, 2 * CHUNK)
+def _encrypt_one_chunk(path: Path, dek: bytes, keysafe: KeySafe) -> threading.Event:
+    """Start encrypting and cancel after the first chunk: a journal is left behind."""
     cancel = threading.Event()
     with pytest.raises(ConversionCancelled):
         encrypt_disk(path, dek=dek, keysafe=keysafe, progress=lambda d, t: cancel.set(),
                      cancel=cancel)
+    return cancel
+
+
+def test_corrupt_journal_is_refused(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:
+    path = tmp_path / "d.img"
+    _raw(path, 2 * CHUNK)
+    _encrypt_one_chunk(path, dek, keysafe)
     raw = bytearray(journal_path(path).read_bytes())
     raw[20] ^= 1
     journal_path(path).write_bytes(bytes(raw))
@@ -244,10 +250,7 @@ def test_corrupt_journal_is_refused(tmp_path: Path, dek: bytes, keysafe: KeySafe
 def test_data_file_changed_under_the_journal(tmp_path: Path, dek: bytes, keysafe: KeySafe) -> None:
     path = tmp_path / "d.img"
     _raw(path, 2 * CHUNK)
-    cancel = threading.Event()
-    with pytest.raises(ConversionCancelled):
-        encrypt_disk(path, dek=dek, keysafe=keysafe, progress=lambda d, t: cancel.set(),
-                     cancel=cancel)
+    _encrypt_one_chunk(path, dek, keysafe)
     with path.open("ab") as f:
         f.write(bytes(4096))
     with pytest.raises(JournalError, match="changed outside vmcrypt"):
@@ -258,10 +261,7 @@ def test_no_key_material_in_files(tmp_path: Path, kek: bytes, dek: bytes,
                                   keysafe: KeySafe) -> None:
     path = tmp_path / "d.img"
     _raw(path, 2 * CHUNK)
-    cancel = threading.Event()
-    with pytest.raises(ConversionCancelled):
-        encrypt_disk(path, dek=dek, keysafe=keysafe, progress=lambda d, t: cancel.set(),
-                     cancel=cancel)
+    cancel = _encrypt_one_chunk(path, dek, keysafe)
     new_dek = generate_xts_key()
     secrets = (kek, dek, new_dek, dek[:32], dek[32:], new_dek[:32], new_dek[32:])
 

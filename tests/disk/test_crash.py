@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 SIZE = 256 * 1024 * 1024
 KILL_POINTS = 20
-MAX_ATTEMPTS = 45
+MAX_ATTEMPTS = 60
 
 
 def _cli(*args: str) -> list[str]:
@@ -126,14 +126,23 @@ def test_sigkill_at_random_points(tmp_path: Path, operation: str) -> None:
     full = _timed(_cli(*cmd_args))  # calibration run, not killed
     assert _logical_sha256(path, kek) == expected
 
+    # Delays are drawn uniformly from [lo, hi], a window that adapts to the machine's
+    # load: a kill that came before the journal existed raises lo, a run that finished
+    # before its kill lowers hi. The kill points stay random inside the window.
+    lo, hi = startup * 0.8, full * 1.2
     hits = attempts = 0
     while hits < KILL_POINTS and attempts < MAX_ATTEMPTS:
         attempts += 1
         to_start_state()
-        delay = rng.uniform(startup * 0.8, full)
+        before = is_encrypted(path)
+        delay = rng.uniform(lo, hi)
         killed = _run_and_kill(_cli(*cmd_args), delay)
         hit = killed and journal_path(path).exists()
         hits += hit
+        if not killed:
+            hi = max(lo + 0.05, min(hi, delay))
+        elif not hit and is_encrypted(path) == before:
+            lo = min(hi - 0.05, max(lo, delay))
         if journal_path(path).exists():
             _resume(path, kek_file, rng, kill_resume=hits % 4 == 0, span=full)
             # resume clears what a killed process left (a half-written journal update)

@@ -27,8 +27,10 @@ from vmcrypt.exceptions import UsageError
 
 __all__ = [
     "PIECE",
+    "SMALL_IO",
     "Disk",
     "Progress",
+    "check_dek",
     "create_encrypted",
     "create_raw",
     "is_encrypted",
@@ -294,6 +296,15 @@ def _open_fd(path: StrPath, writable: bool) -> int:
     return fd
 
 
+def check_dek(header: luks2.Luks2Header, dek: bytes, path: StrPath) -> None:
+    """Refuse a DEK that fails the header's digest, before any data is touched."""
+    if not header.verify_volume_key(dek):
+        raise WrongKeyError(
+            f"the key does not open {path}: it does not match the digest in its header; "
+            "check the KEK (key provider and key ID)"
+        )
+
+
 def open_encrypted(
     path: StrPath, *, dek: bytes, writable: bool = True, threads: int | None = None
 ) -> Disk:
@@ -301,11 +312,7 @@ def open_encrypted(
     _check_no_journal(path)
     header = read_header(path)
     _check_segment(header, path)
-    if not header.verify_volume_key(dek):
-        raise WrongKeyError(
-            f"the key does not open {path}: it does not match the digest in its header; "
-            "check the KEK (key provider and key ID)"
-        )
+    check_dek(header, dek, path)
     fd = _open_fd(path, writable)
     return Disk(Path(path), fd, XtsCodec(dek, threads=threads), writable=writable, header=header)
 

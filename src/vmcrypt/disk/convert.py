@@ -34,7 +34,7 @@ from vmcrypt.crypto.keys import constant_time_equal
 from vmcrypt.crypto.keysafe import KeySafe
 from vmcrypt.disk import luks2
 from vmcrypt.disk.codec import SECTOR, RawCodec, SectorCodec, XtsCodec, holes, transcode
-from vmcrypt.disk.container import Progress, read_header
+from vmcrypt.disk.container import Progress, check_dek, read_header
 from vmcrypt.disk.exceptions import (
     ConversionCancelled,
     ConversionInProgress,
@@ -113,10 +113,7 @@ def decrypt_disk(
     cancel: threading.Event | None = None,
 ) -> None:
     """Decrypt an encrypted disk in place; afterwards it is a plain raw file."""
-    _check_idle(path)
-    header = read_header(path)
-    _verify(header, dek, path)
-    keysafe = KeySafe.from_dict(header.keysafe) if header.keysafe is not None else None
+    header, keysafe = _current(path, dek)
     journal = Journal(
         path=journal_path(path),
         operation="decrypt",
@@ -141,13 +138,10 @@ def deep_rekey(
     Any passphrase keyslot added with cryptsetup held the *old* volume key, so the new
     header has none: add a recovery keyslot again afterwards if you use one.
     """
-    _check_idle(path)
-    header = read_header(path)
-    _verify(header, old_dek, path)
+    header, keysafe = _current(path, old_dek)
     if constant_time_equal(old_dek, new_dek):
         raise UsageError("a deep re-key needs a new DEK, different from the current one")
     XtsCodec(new_dek)
-    keysafe = KeySafe.from_dict(header.keysafe) if header.keysafe is not None else None
     journal = Journal(
         path=journal_path(path),
         operation="deep-rekey",
@@ -170,7 +164,7 @@ def shallow_rekey(path: StrPath, *, dek: bytes, new_keysafe: KeySafe) -> None:
     _check_idle(path)
     with _locked(path):
         header = read_header(path)
-        _verify(header, dek, path)
+        check_dek(header, dek, path)
         updated = luks2.with_keysafe(header, new_keysafe.to_dict())
         luks2.write_header(header_path(path), updated, copy_keyslots_from=header_path(path))
 
@@ -201,7 +195,7 @@ def resume(
             )
         old_dek = resolve_dek(journal.old_keysafe)
         if journal.done < journal.size or journal.inflight_first is not None:
-            _verify(read_header(path), old_dek, path)
+            check_dek(read_header(path), old_dek, path)
     if journal.operation in ("encrypt", "deep-rekey"):
         assert journal.new_keysafe is not None and journal.new_dek_digest is not None
         new_dek = resolve_dek(journal.new_keysafe)
@@ -383,18 +377,19 @@ def _locked(path: StrPath) -> Iterator[int]:
         os.close(fd)
 
 
+def _current(path: StrPath, dek: bytes) -> tuple[luks2.Luks2Header, KeySafe | None]:
+    """The header and keySafe of an idle encrypted disk whose DEK is ``dek``."""
+    _check_idle(path)
+    header = read_header(path)
+    check_dek(header, dek, path)
+    keysafe = KeySafe.from_dict(header.keysafe) if header.keysafe is not None else None
+    return header, keysafe
+
+
 def _check_idle(path: StrPath) -> None:
     if journal_path(path).exists():
         raise ConversionInProgress(
             f"a conversion of {path} is unfinished; run `vmcrypt disk resume {path}` first"
-        )
-
-
-def _verify(header: luks2.Luks2Header, dek: bytes, path: StrPath) -> None:
-    if not header.verify_volume_key(dek):
-        raise WrongKeyError(
-            f"the key does not open {path}: it does not match the digest in its header; "
-            "check the KEK (key provider and key ID)"
         )
 
 
