@@ -553,7 +553,10 @@ def test_reading_and_writing_past_the_end(cli: Cli, enc_disk: DiskFixture) -> No
     assert not (cli.cwd / "out.bin").exists(), "no output file is created for a bad range"
     # Writers lock the disk exclusively: these run one at a time, after the readers.
     cli.fails(*write, "--offset", "5M", "-i", enc_disk.kek_file, code=USAGE,
-              phrase="outside the disk")
+              phrase="does not fit")
+    big = cli.cwd / "big.bin"
+    big.write_bytes(b"y" * (20 * MiB))  # larger than one 16 MiB piece: nothing is written
+    cli.fails(*write, "-i", big, code=USAGE, phrase="does not fit")
     cli.fails(*write, "--offset", str(4 * MiB - 10), code=USAGE, phrase="outside the disk",
               stdin=b"x" * 11)
     assert enc_disk.path.read_bytes() == ciphertext

@@ -62,9 +62,21 @@ def _make_raw(path: Path) -> None:
             f.write(block.tobytes())
 
 
-def _run_and_kill(cmd: list[str], delay: float) -> bool:
-    """Start ``cmd``, SIGKILL it after ``delay`` s; True if it was still running."""
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _run_and_kill(cmd: list[str], delay: float, journal: Path) -> bool:
+    """Start ``cmd`` and SIGKILL it ``delay`` s after it first writes the journal (a new
+    journal file, or a resume's first update of an old one); True if it was still
+    running when killed."""
+    before = _inode(journal)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while _inode(journal) in (before, None) and proc.poll() is None:
+        time.sleep(0.002)
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -75,16 +87,23 @@ def _run_and_kill(cmd: list[str], delay: float) -> bool:
     return False
 
 
-def _timed(cmd: list[str]) -> float:
+def _conversion_span(cmd: list[str], journal: Path) -> float:
+    """Seconds from the journal's creation to its removal in one unkilled run."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while not journal.exists() and proc.poll() is None:
+        time.sleep(0.002)
     start = time.monotonic()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.monotonic() - start
+    while journal.exists():
+        time.sleep(0.002)
+    span = time.monotonic() - start
+    assert proc.wait() == 0
+    return span
 
 
 def _resume(path: Path, kek_file: Path, rng: random.Random, kill_resume: bool, span: float) -> None:
     cmd = _cli("resume", str(path), "-k", str(kek_file), "-q")
     if kill_resume:
-        _run_and_kill(cmd, rng.uniform(0.0, span))
+        _run_and_kill(cmd, rng.uniform(0.0, span), journal_path(path))
     subprocess.run(cmd, check=True, capture_output=True)
     assert pending(path) is None
 
@@ -122,29 +141,25 @@ def test_sigkill_at_random_points(tmp_path: Path, operation: str) -> None:
     }[operation]
 
     to_start_state()
-    startup = _timed([sys.executable, "-c", "import vmcrypt.cli.main"])
-    full = _timed(_cli(*cmd_args))  # calibration run, not killed
+    jp = journal_path(path)
+    span = _conversion_span(_cli(*cmd_args), jp)  # calibration run, not killed
     assert _logical_sha256(path, kek) == expected
 
-    # Delays are drawn uniformly from [lo, hi], a window that adapts to the machine's
-    # load: a kill that came before the journal existed raises lo, a run that finished
-    # before its kill lowers hi. The kill points stay random inside the window.
-    lo, hi = startup * 0.8, full * 1.2
+    # Each kill lands at a uniformly random instant of the conversion proper: the clock
+    # starts when the journal appears (process start-up is not a conversion point).
+    # A run that finishes before its kill shrinks the window to what the machine needs.
     hits = attempts = 0
     while hits < KILL_POINTS and attempts < MAX_ATTEMPTS:
         attempts += 1
         to_start_state()
-        before = is_encrypted(path)
-        delay = rng.uniform(lo, hi)
-        killed = _run_and_kill(_cli(*cmd_args), delay)
-        hit = killed and journal_path(path).exists()
+        delay = rng.uniform(0.0, span)
+        killed = _run_and_kill(_cli(*cmd_args), delay, jp)
+        hit = killed and jp.exists()
         hits += hit
         if not killed:
-            hi = max(lo + 0.05, min(hi, delay))
-        elif not hit and is_encrypted(path) == before:
-            lo = min(hi - 0.05, max(lo, delay))
-        if journal_path(path).exists():
-            _resume(path, kek_file, rng, kill_resume=hits % 4 == 0, span=full)
+            span = max(0.01, min(span, delay))
+        if jp.exists():
+            _resume(path, kek_file, rng, kill_resume=hits % 4 == 0, span=span)
             # resume clears what a killed process left (a half-written journal update)
             assert not list(tmp_path.glob(".*tmp*")), "temporary files were left behind"
         assert _logical_sha256(path, kek) == expected, f"content changed (seed {seed})"

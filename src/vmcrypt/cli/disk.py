@@ -415,6 +415,15 @@ def write(
     written = 0
     try:
         with _open(path, kek_file, writable=True) as disk:
+            if input_ is not None and input_.is_file():
+                # A file's size is known: refuse before writing anything rather than
+                # after the pieces that still fit.
+                size = input_.stat().st_size
+                if start + size > disk.size:
+                    raise UsageError(
+                        f"{input_} ({size} bytes) at offset {start} does not fit in {path} "
+                        f"({disk.size} bytes); grow the disk or write less"
+                    )
             while chunk := source.read(container.PIECE):
                 disk.write(start + written, chunk)
                 written += len(chunk)
