@@ -72,10 +72,20 @@ def qemu(size: int, work: Path, raw: Path) -> tuple[float, float]:
     """Seconds for qemu-img raw → LUKS (aes-256-xts-plain64) and LUKS → raw."""
     luks, back = work / "qemu.luks", work / "qemu-back.raw"
     secret = ["--object", "secret,id=sec0,data=bench-passphrase"]
-    enc = timed(lambda: subprocess.run(
-        ["qemu-img", "convert", *secret, "-f", "raw", "-O", "luks", "-o",
-         "key-secret=sec0,iter-time=100",  # defaults: aes-256, xts, plain64 (checked below)
-         str(raw), str(luks)], check=True, capture_output=True))
+    enc_cmd = ["qemu-img", "convert", *secret, "-f", "raw", "-O", "luks", "-o",
+               "key-secret=sec0,iter-time=100",  # defaults: aes-256, xts, plain64 (checked)
+               str(raw), str(luks)]
+    for attempt in range(5):
+        # qemu's PBKDF calibration sometimes fails with "Unable to get accurate CPU
+        # usage" when the process has used too little CPU time yet: retry it.
+        start = time.perf_counter()
+        done = subprocess.run(enc_cmd, check=False, capture_output=True, text=True)
+        enc = time.perf_counter() - start
+        if done.returncode == 0:
+            break
+        luks.unlink(missing_ok=True)
+        if "accurate CPU usage" not in done.stderr or attempt == 4:
+            raise SystemExit(f"qemu-img convert failed: {done.stderr.strip()}")
     info = subprocess.run(["qemu-img", "info", "--output=json", str(luks)], check=True,
                           capture_output=True, text=True).stdout
     spec = json.loads(info)["format-specific"]["data"]

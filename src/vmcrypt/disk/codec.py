@@ -35,8 +35,13 @@ class SectorCodec:
 
     encrypted: bool = False
 
-    def to_plain(self, buf: np.ndarray, first_sector: int) -> None:
-        """Decode ``buf`` (whole sectors starting at ``first_sector``) in place."""
+    def to_plain(
+        self, buf: np.ndarray, first_sector: int, hole_mask: np.ndarray | None = None
+    ) -> None:
+        """Decode ``buf`` (whole sectors starting at ``first_sector``) in place.
+
+        ``hole_mask`` is :func:`holes` of ``buf`` when the caller has it already.
+        """
 
     def to_stored(self, buf: np.ndarray, first_sector: int) -> None:
         """Encode plaintext ``buf`` in place for storage."""
@@ -54,8 +59,10 @@ class XtsCodec(SectorCodec):
     def __init__(self, dek: bytes, *, threads: int | None = None) -> None:
         self.cipher = SectorCipher(dek, unit_size=SECTOR, threads=threads)
 
-    def to_plain(self, buf: np.ndarray, first_sector: int) -> None:
-        mask = holes(buf)
+    def to_plain(
+        self, buf: np.ndarray, first_sector: int, hole_mask: np.ndarray | None = None
+    ) -> None:
+        mask = holes(buf) if hole_mask is None else hole_mask
         self.cipher.decrypt_into(buf, buf, first_sector)
         if mask.any():
             buf.reshape(-1, SECTOR)[mask] = 0
@@ -82,18 +89,24 @@ class XtsCodec(SectorCodec):
         return self.cipher.encrypt(plain, first_sector)
 
 
-def transcode(buf: np.ndarray, first_sector: int, src: SectorCodec, dst: SectorCodec) -> None:
+def transcode(
+    buf: np.ndarray, first_sector: int, src: SectorCodec, dst: SectorCodec
+) -> np.ndarray:
     """Re-store sectors written by ``src`` as ``dst`` would, in place.
 
     Between two encrypted codecs holes are kept as holes, so that ``transcode`` with
-    the codecs swapped is its exact inverse.
+    the codecs swapped is its exact inverse. Returns the mask of sectors that were all
+    zero before and still are (a writer may skip them and leave holes unallocated).
     """
-    if src.encrypted and dst.encrypted:
-        mask = holes(buf)
-        src.to_plain(buf, first_sector)
+    sectors = buf.size // SECTOR
+    if not src.encrypted:
         dst.to_stored(buf, first_sector)
-        if mask.any():
-            buf.reshape(-1, SECTOR)[mask] = 0
-        return
-    src.to_plain(buf, first_sector)
+        # Raw → XTS never yields an all-zero sector; raw → raw changes nothing.
+        return np.zeros(sectors, dtype=bool) if dst.encrypted else np.ones(sectors, dtype=bool)
+    mask = holes(buf)
+    src.to_plain(buf, first_sector, mask)
     dst.to_stored(buf, first_sector)
+    if dst.encrypted and mask.any():
+        buf.reshape(-1, SECTOR)[mask] = 0
+    # Decrypting turns a hole into zeros; re-keying keeps it a hole: unchanged either way.
+    return mask
