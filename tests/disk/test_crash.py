@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmcrypt.crypto import generate_kek, generate_xts_key, open_keysafe, seal_keysafe
+from vmcrypt.crypto import (
+    IntegrityError,
+    generate_kek,
+    generate_xts_key,
+    open_keysafe,
+    seal_keysafe,
+)
 from vmcrypt.disk.container import PIECE, is_encrypted, open_encrypted, read_keysafe
 from vmcrypt.disk.convert import decrypt_disk, encrypt_disk, pending
 from vmcrypt.disk.files import header_path, journal_path
@@ -166,3 +172,68 @@ def test_sigkill_at_random_points(tmp_path: Path, operation: str) -> None:
         if hit or not killed:  # the conversion ran to the end (through resume)
             assert header_path(path).exists() == (operation != "decrypt")
     assert hits >= KILL_POINTS, f"only {hits} kills landed mid-conversion in {attempts} tries"
+
+
+def test_sigkill_during_shallow_rekey(tmp_path: Path) -> None:
+    """A shallow re-key replaces the header atomically: killed at any of 20 random
+    instants, the disk opens with exactly one of the two KEKs and its content is intact."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    path = tmp_path / "disk.img"
+    keks = [generate_kek(), generate_kek()]
+    files = [tmp_path / "kek-a", tmp_path / "kek-b"]
+    for kek, file in zip(keks, files, strict=True):
+        file.write_bytes(kek)
+    _make_raw(path)
+    expected = _logical_sha256(path, keks[0])
+    dek = generate_xts_key()
+    encrypt_disk(path, dek=dek, keysafe=seal_keysafe(kek=keks[0], dek=dek, provider_id="t",
+                                                     key_id="k"))
+    current = 0
+
+    def opener() -> int:
+        keysafe = read_keysafe(path)
+        assert keysafe is not None
+        fits = []
+        for i, kek in enumerate(keks):
+            try:
+                assert open_keysafe(keysafe, kek) == dek
+                fits.append(i)
+            except IntegrityError:
+                pass
+        assert len(fits) == 1, f"the keySafe opens with {len(fits)} KEKs (seed {seed})"
+        return fits[0]
+
+    cmd = _cli("rekey", str(path), "-k", str(files[0]), "--shallow", "--new-kek-file",
+               str(files[1]), "-q")
+    start = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)  # calibration, not killed
+    full = time.monotonic() - start
+    current = opener()
+    assert current == 1
+    changed = 0
+    for _ in range(KILL_POINTS):
+        other = 1 - current
+        cmd = _cli("rekey", str(path), "-k", str(files[current]), "--shallow",
+                   "--new-kek-file", str(files[other]), "-q")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Half the points anywhere in the run, half in its last fifth, where the new
+        # header is written, fsync'd and renamed over the old one.
+        late = rng.random() < 0.5
+        try:
+            proc.wait(timeout=rng.uniform(0.8 * full, 1.05 * full) if late else
+                      rng.uniform(0.0, full))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        now = opener()
+        changed += now != current
+        current = now
+        assert _logical_sha256(path, keks[current]) == expected, f"content changed (seed {seed})"
+    # The next operation that holds the disk's lock clears a killed writer's temp file.
+    subprocess.run(_cli("rekey", str(path), "-k", str(files[current]), "--shallow",
+                        "--new-kek-file", str(files[1 - current]), "-q"),
+                   check=True, capture_output=True)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files were left behind"
+    print(f"{changed} of {KILL_POINTS} killed re-keys had completed")
