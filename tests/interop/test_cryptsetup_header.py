@@ -221,28 +221,27 @@ def test_rewrite_to_another_file_carries_the_keyslot(files: Files) -> None:
     ok(result)
 
 
+def _format_options(files: Files) -> list[str | Path]:
+    """What luksFormat and reencrypt --encrypt share: a detached header, 4 KiB sectors,
+    our DEK as the volume key, a passphrase keyslot with a fast PBKDF, the data file."""
+    return [
+        "--header", files.header, "--sector-size", "4096", "--key-size", "512",
+        "--volume-key-file", files.dek, "--key-file", files.passphrase, *FAST_PBKDF,
+        files.data,
+    ]
+
+
 def test_reads_a_cryptsetup_luksformat_header(files: Files) -> None:
     ok(
         cryptsetup(
             "luksFormat",
             "--type",
             "luks2",
-            "--header",
-            files.header,
             "--offset",
             "0",
-            "--sector-size",
-            "4096",
             "--cipher",
             "aes-xts-plain64",
-            "--key-size",
-            "512",
-            "--volume-key-file",
-            files.dek,
-            "--key-file",
-            files.passphrase,
-            *FAST_PBKDF,
-            files.data,
+            *_format_options(files),
         )
     )
     header = luks2.read_header(files.header)
@@ -270,18 +269,7 @@ def test_reads_a_header_made_by_cryptsetup_reencrypt_encrypt(files: Files) -> No
             "--type",
             "luks2",
             "--force-offline-reencrypt",
-            "--header",
-            files.header,
-            "--sector-size",
-            "4096",
-            "--key-size",
-            "512",
-            "--volume-key-file",
-            files.dek,
-            "--key-file",
-            files.passphrase,
-            *FAST_PBKDF,
-            files.data,
+            *_format_options(files),
         )
     )
     header = luks2.read_header(files.header)
