@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vmcrypt.crypto.exceptions import IntegrityError
 from vmcrypt.crypto.keys import constant_time_equal
 from vmcrypt.crypto.keysafe import KeySafe
 from vmcrypt.disk.codec import SECTOR
@@ -164,5 +165,5 @@ class Journal:
                 label=str(meta.get("label", "")),
                 extra=dict(meta.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError, IntegrityError):
             raise bad from None
