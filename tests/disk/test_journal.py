@@ -76,3 +76,14 @@ def test_well_sealed_but_malformed_content_is_a_journal_error(
     path.write_bytes(body + hashlib.sha256(body).digest())
     with contextlib.suppress(JournalError):
         Journal.load(path)
+
+
+def test_resume_refuses_a_journal_without_its_new_keysafe(tmp_path: Path, dek: bytes) -> None:
+    from vmcrypt.disk.convert import resume
+
+    path = tmp_path / "d.img"
+    path.write_bytes(bytes(1 << 20))
+    Journal(path=tmp_path / "d.img.journal", operation="encrypt", size=1 << 20).save()
+    with pytest.raises(JournalError, match="lacks the new keySafe"):
+        resume(path, resolve_dek=lambda ks: dek)
+    assert path.read_bytes() == bytes(1 << 20)

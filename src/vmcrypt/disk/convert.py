@@ -200,7 +200,11 @@ def resume(
         if journal.done < journal.size or journal.inflight_first is not None:
             check_dek(read_header(path), old_dek, path)
     if journal.operation in ("encrypt", "deep-rekey"):
-        assert journal.new_keysafe is not None and journal.new_dek_digest is not None
+        if journal.new_keysafe is None or journal.new_dek_digest is None:
+            raise JournalError(
+                f"the journal of {path} lacks the new keySafe of its {journal.operation}; "
+                "it is corrupt — restore it from a backup"
+            )
         new_dek = resolve_dek(journal.new_keysafe)
         if not verify_dek_digest(new_dek, journal.new_dek_digest):
             raise WrongKeyError(
