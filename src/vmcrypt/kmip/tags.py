@@ -1,0 +1,291 @@
+"""KMIP 1.4 tag values (section 9.1.3.1) and enumerations (section 9.1.3.2).
+
+Only what symmetric-key operations and message framing need. Tags stay plain ints on
+the wire: a tag missing here still decodes, and 0x54xxxx is the extension range used
+by custom attributes (9.1.1.1). Values were checked against the spec's tables.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "BlockCipherMode",
+    "CryptographicAlgorithm",
+    "KeyFormatType",
+    "NameType",
+    "ObjectType",
+    "Operation",
+    "PaddingMethod",
+    "QueryFunction",
+    "ResultReason",
+    "ResultStatus",
+    "State",
+    "Tag",
+]
+
+
+class Tag(IntEnum):
+    """Item tags — KMIP 1.4, 9.1.3.1."""
+
+    ATTRIBUTE = 0x420008
+    ATTRIBUTE_INDEX = 0x420009
+    ATTRIBUTE_NAME = 0x42000A
+    ATTRIBUTE_VALUE = 0x42000B
+    AUTHENTICATION = 0x42000C
+    BATCH_COUNT = 0x42000D
+    BATCH_ERROR_CONTINUATION_OPTION = 0x42000E
+    BATCH_ITEM = 0x42000F
+    BATCH_ORDER_OPTION = 0x420010
+    BLOCK_CIPHER_MODE = 0x420011
+    COMPROMISE_DATE = 0x420020
+    CRYPTOGRAPHIC_ALGORITHM = 0x420028
+    CRYPTOGRAPHIC_LENGTH = 0x42002A
+    CRYPTOGRAPHIC_PARAMETERS = 0x42002B
+    CRYPTOGRAPHIC_USAGE_MASK = 0x42002C
+    IV_COUNTER_NONCE = 0x42003D
+    KEY_BLOCK = 0x420040
+    KEY_FORMAT_TYPE = 0x420042
+    KEY_MATERIAL = 0x420043
+    KEY_VALUE = 0x420045
+    KEY_WRAPPING_DATA = 0x420046
+    MAXIMUM_ITEMS = 0x42004F
+    MAXIMUM_RESPONSE_SIZE = 0x420050
+    NAME = 0x420053
+    NAME_TYPE = 0x420054
+    NAME_VALUE = 0x420055
+    OBJECT_TYPE = 0x420057
+    OPERATION = 0x42005C
+    PADDING_METHOD = 0x42005F
+    PROTOCOL_VERSION = 0x420069
+    PROTOCOL_VERSION_MAJOR = 0x42006A
+    PROTOCOL_VERSION_MINOR = 0x42006B
+    QUERY_FUNCTION = 0x420074
+    REQUEST_HEADER = 0x420077
+    REQUEST_MESSAGE = 0x420078
+    REQUEST_PAYLOAD = 0x420079
+    RESPONSE_HEADER = 0x42007A
+    RESPONSE_MESSAGE = 0x42007B
+    RESPONSE_PAYLOAD = 0x42007C
+    RESULT_MESSAGE = 0x42007D
+    RESULT_REASON = 0x42007E
+    RESULT_STATUS = 0x42007F
+    REVOCATION_MESSAGE = 0x420080
+    REVOCATION_REASON = 0x420081
+    REVOCATION_REASON_CODE = 0x420082
+    SERVER_INFORMATION = 0x420088
+    STATE = 0x42008D
+    SYMMETRIC_KEY = 0x42008F
+    TEMPLATE_ATTRIBUTE = 0x420091
+    TIME_STAMP = 0x420092
+    UNIQUE_BATCH_ITEM_ID = 0x420093
+    UNIQUE_IDENTIFIER = 0x420094
+    VENDOR_IDENTIFICATION = 0x42009D
+    DATA = 0x4200C2
+    TAG_LENGTH = 0x4200CE
+    AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA = 0x4200FE
+    AUTHENTICATED_ENCRYPTION_TAG = 0x4200FF
+
+
+class Operation(IntEnum):
+    """Operation — KMIP 1.4, 9.1.3.2."""
+
+    CREATE = 0x01
+    CREATE_KEY_PAIR = 0x02
+    REGISTER = 0x03
+    REKEY = 0x04
+    DERIVE_KEY = 0x05
+    CERTIFY = 0x06
+    RECERTIFY = 0x07
+    LOCATE = 0x08
+    CHECK = 0x09
+    GET = 0x0A
+    GET_ATTRIBUTES = 0x0B
+    GET_ATTRIBUTE_LIST = 0x0C
+    ADD_ATTRIBUTE = 0x0D
+    MODIFY_ATTRIBUTE = 0x0E
+    DELETE_ATTRIBUTE = 0x0F
+    OBTAIN_LEASE = 0x10
+    GET_USAGE_ALLOCATION = 0x11
+    ACTIVATE = 0x12
+    REVOKE = 0x13
+    DESTROY = 0x14
+    ARCHIVE = 0x15
+    RECOVER = 0x16
+    VALIDATE = 0x17
+    QUERY = 0x18
+    CANCEL = 0x19
+    POLL = 0x1A
+    NOTIFY = 0x1B
+    PUT = 0x1C
+    REKEY_KEY_PAIR = 0x1D
+    DISCOVER_VERSIONS = 0x1E
+    ENCRYPT = 0x1F
+    DECRYPT = 0x20
+    SIGN = 0x21
+    SIGNATURE_VERIFY = 0x22
+    MAC = 0x23
+    MAC_VERIFY = 0x24
+    RNG_RETRIEVE = 0x25
+    RNG_SEED = 0x26
+    HASH = 0x27
+    CREATE_SPLIT_KEY = 0x28
+    JOIN_SPLIT_KEY = 0x29
+    IMPORT = 0x2A
+    EXPORT = 0x2B
+
+
+class ObjectType(IntEnum):
+    """Object Type — KMIP 1.4, 9.1.3.2."""
+
+    CERTIFICATE = 0x01
+    SYMMETRIC_KEY = 0x02
+    PUBLIC_KEY = 0x03
+    PRIVATE_KEY = 0x04
+    SPLIT_KEY = 0x05
+    TEMPLATE = 0x06  # deprecated in 1.3
+    SECRET_DATA = 0x07
+    OPAQUE_OBJECT = 0x08
+    PGP_KEY = 0x09
+
+
+class ResultStatus(IntEnum):
+    """Result Status — KMIP 1.4, 9.1.3.2."""
+
+    SUCCESS = 0x00
+    OPERATION_FAILED = 0x01
+    OPERATION_PENDING = 0x02
+    OPERATION_UNDONE = 0x03
+
+
+class ResultReason(IntEnum):
+    """Result Reason — KMIP 1.4, 9.1.3.2."""
+
+    ITEM_NOT_FOUND = 0x01
+    RESPONSE_TOO_LARGE = 0x02
+    AUTHENTICATION_NOT_SUCCESSFUL = 0x03
+    INVALID_MESSAGE = 0x04
+    OPERATION_NOT_SUPPORTED = 0x05
+    MISSING_DATA = 0x06
+    INVALID_FIELD = 0x07
+    FEATURE_NOT_SUPPORTED = 0x08
+    OPERATION_CANCELED_BY_REQUESTER = 0x09
+    CRYPTOGRAPHIC_FAILURE = 0x0A
+    ILLEGAL_OPERATION = 0x0B
+    PERMISSION_DENIED = 0x0C
+    OBJECT_ARCHIVED = 0x0D
+    INDEX_OUT_OF_BOUNDS = 0x0E
+    APPLICATION_NAMESPACE_NOT_SUPPORTED = 0x0F
+    KEY_FORMAT_TYPE_NOT_SUPPORTED = 0x10
+    KEY_COMPRESSION_TYPE_NOT_SUPPORTED = 0x11
+    ENCODING_OPTION_ERROR = 0x12
+    KEY_VALUE_NOT_PRESENT = 0x13
+    ATTESTATION_REQUIRED = 0x14
+    ATTESTATION_FAILED = 0x15
+    SENSITIVE = 0x16
+    NOT_EXTRACTABLE = 0x17
+    OBJECT_ALREADY_EXISTS = 0x18
+    GENERAL_FAILURE = 0x100
+
+
+class State(IntEnum):
+    """State — KMIP 1.4, 9.1.3.2."""
+
+    PRE_ACTIVE = 0x01
+    ACTIVE = 0x02
+    DEACTIVATED = 0x03
+    COMPROMISED = 0x04
+    DESTROYED = 0x05
+    DESTROYED_COMPROMISED = 0x06
+
+
+class CryptographicAlgorithm(IntEnum):
+    """Cryptographic Algorithm (the symmetric and HMAC subset) — KMIP 1.4, 9.1.3.2."""
+
+    DES = 0x01
+    TRIPLE_DES = 0x02
+    AES = 0x03
+    RSA = 0x04
+    DSA = 0x05
+    ECDSA = 0x06
+    HMAC_SHA1 = 0x07
+    HMAC_SHA224 = 0x08
+    HMAC_SHA256 = 0x09
+    HMAC_SHA384 = 0x0A
+    HMAC_SHA512 = 0x0B
+    CHACHA20 = 0x1C
+    CHACHA20_POLY1305 = 0x1E
+
+
+class NameType(IntEnum):
+    """Name Type — KMIP 1.4, 9.1.3.2."""
+
+    UNINTERPRETED_TEXT_STRING = 0x01
+    URI = 0x02
+
+
+class KeyFormatType(IntEnum):
+    """Key Format Type (the symmetric subset) — KMIP 1.4, 9.1.3.2."""
+
+    RAW = 0x01
+    OPAQUE = 0x02
+    PKCS1 = 0x03
+    PKCS8 = 0x04
+    X509 = 0x05
+    EC_PRIVATE_KEY = 0x06
+    TRANSPARENT_SYMMETRIC_KEY = 0x07
+
+
+class QueryFunction(IntEnum):
+    """Query Function — KMIP 1.4, 9.1.3.2."""
+
+    QUERY_OPERATIONS = 0x01
+    QUERY_OBJECTS = 0x02
+    QUERY_SERVER_INFORMATION = 0x03
+    QUERY_APPLICATION_NAMESPACES = 0x04
+    QUERY_EXTENSION_LIST = 0x05
+    QUERY_EXTENSION_MAP = 0x06
+    QUERY_ATTESTATION_TYPES = 0x07
+    QUERY_RNGS = 0x08
+    QUERY_VALIDATIONS = 0x09
+    QUERY_PROFILES = 0x0A
+    QUERY_CAPABILITIES = 0x0B
+    QUERY_CLIENT_REGISTRATION_METHODS = 0x0C
+
+
+class BlockCipherMode(IntEnum):
+    """Block Cipher Mode — KMIP 1.4, 9.1.3.2."""
+
+    CBC = 0x01
+    ECB = 0x02
+    PCBC = 0x03
+    CFB = 0x04
+    OFB = 0x05
+    CTR = 0x06
+    CMAC = 0x07
+    CCM = 0x08
+    GCM = 0x09
+    CBC_MAC = 0x0A
+    XTS = 0x0B
+    AES_KEY_WRAP_PADDING = 0x0C
+    NIST_KEY_WRAP = 0x0D
+    X9_102_AESKW = 0x0E
+    X9_102_TDKW = 0x0F
+    X9_102_AKW1 = 0x10
+    X9_102_AKW2 = 0x11
+    AEAD = 0x12
+
+
+class PaddingMethod(IntEnum):
+    """Padding Method — KMIP 1.4, 9.1.3.2."""
+
+    NONE = 0x01
+    OAEP = 0x02
+    PKCS5 = 0x03
+    SSL3 = 0x04
+    ZEROS = 0x05
+    ANSI_X923 = 0x06
+    ISO_10126 = 0x07
+    PKCS1_V1_5 = 0x08
+    X9_31 = 0x09
+    PSS = 0x0A

@@ -1,0 +1,334 @@
+"""The TTLV codec: KMIP 1.4, section 9.1 (TTLV Encoding).
+
+Every KMIP message is one TTLV item: a 3-byte tag, a 1-byte type, a 4-byte length
+(all big-endian) and a value padded with zero bytes to a multiple of 8 (9.1.1.1 - 9.1.1.4).
+
+The decoder is written for hostile input, since it is the first thing a KMIP server runs
+on bytes from the network: every declared length is checked against the bytes actually
+present *before* anything is sliced, so no allocation exceeds the input size; padding,
+per-type lengths, Boolean values and UTF-8 are checked strictly; nesting depth and item
+count are bounded. Every failure is a ``TtlvDecodeError`` naming the check and the byte
+offset; no ``IndexError``, ``struct.error`` or ``UnicodeDecodeError`` escapes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+from vmcrypt.kmip.exceptions import KmipError, TtlvDecodeError
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_ITEMS",
+    "HEADER_SIZE",
+    "Item",
+    "ItemType",
+    "ItemValue",
+    "decode",
+    "decode_stream",
+    "encode",
+]
+
+#: Tag (3) + Type (1) + Length (4) — KMIP 1.4, 9.1.1.
+HEADER_SIZE = 8
+DEFAULT_MAX_DEPTH = 32
+DEFAULT_MAX_ITEMS = 10_000
+
+#: 9.1.1.1: tags defined by the specification start with 0x42, extensions with 0x54.
+_TAG_PREFIXES = (0x42, 0x54)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_SECONDS = int((datetime.min.replace(tzinfo=UTC) - _EPOCH).total_seconds())
+_MAX_SECONDS = int((datetime.max.replace(tzinfo=UTC, microsecond=0) - _EPOCH).total_seconds())
+_HEADER = struct.Struct(">3sBI")
+
+
+class ItemType(IntEnum):
+    """Item Type coded values — KMIP 1.4, 9.1.1.2."""
+
+    STRUCTURE = 0x01
+    INTEGER = 0x02
+    LONG_INTEGER = 0x03
+    BIG_INTEGER = 0x04
+    ENUMERATION = 0x05
+    BOOLEAN = 0x06
+    TEXT_STRING = 0x07
+    BYTE_STRING = 0x08
+    DATE_TIME = 0x09
+    INTERVAL = 0x0A
+
+
+#: Structures hold a tuple (not a list) so that items are truly immutable and hashable.
+ItemValue = tuple["Item", ...] | int | bool | str | bytes | datetime
+
+# 9.1.1.4: the fixed Item Length of each primitive type and the struct format of its value.
+_FIXED: dict[ItemType, tuple[int, str]] = {
+    ItemType.INTEGER: (4, ">i"),
+    ItemType.LONG_INTEGER: (8, ">q"),
+    ItemType.ENUMERATION: (4, ">I"),
+    ItemType.BOOLEAN: (8, ">Q"),
+    ItemType.DATE_TIME: (8, ">q"),
+    ItemType.INTERVAL: (4, ">I"),
+}
+_RANGES: dict[ItemType, tuple[int, int]] = {
+    ItemType.INTEGER: (-(2**31), 2**31 - 1),
+    ItemType.LONG_INTEGER: (-(2**63), 2**63 - 1),
+    ItemType.ENUMERATION: (0, 2**32 - 1),
+    ItemType.INTERVAL: (0, 2**32 - 1),
+}
+
+
+def _padded(length: int) -> int:
+    """Round up to the 8-byte alignment every item ends on (9.1.1.3)."""
+    return (length + 7) & ~7
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One TTLV item; a Structure's value is the tuple of its children, in order.
+
+    Values by type: Structure → ``tuple[Item, ...]``; Integer, Long Integer, Big Integer,
+    Enumeration, Interval → ``int``; Boolean → ``bool``; Text String → ``str``; Byte
+    String → ``bytes``; Date-Time → timezone-aware ``datetime`` in whole seconds.
+    Construction checks that the value fits its type, so every ``Item`` can be encoded.
+    """
+
+    tag: int
+    type: ItemType
+    value: ItemValue
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tag <= 0xFFFFFF or self.tag >> 16 not in _TAG_PREFIXES:
+            raise KmipError(f"tag {self.tag:#x} is not a 3-byte tag starting 0x42 or 0x54")
+        if self.type not in ItemType.__members__.values():
+            raise KmipError(f"unknown item type {self.type!r}")
+        _check_value(ItemType(self.type), self.value)
+
+
+def _check_value(kind: ItemType, value: object) -> None:
+    """Reject a value that the item type cannot carry (so ``encode`` never fails)."""
+    ok: bool
+    if kind is ItemType.STRUCTURE:
+        ok = isinstance(value, tuple) and all(isinstance(c, Item) for c in value)
+    elif kind is ItemType.BOOLEAN:
+        ok = isinstance(value, bool)
+    elif kind is ItemType.BIG_INTEGER:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in _RANGES:
+        low, high = _RANGES[kind]
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    elif kind is ItemType.TEXT_STRING:
+        ok = isinstance(value, str)
+        if ok:
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError:
+                ok = False
+    elif kind is ItemType.BYTE_STRING:
+        ok = isinstance(value, bytes)
+    else:  # DATE_TIME
+        ok = (
+            isinstance(value, datetime) and value.utcoffset() is not None and value.microsecond == 0
+        )
+    if not ok:
+        raise KmipError(f"value {value!r:.80} does not fit a {kind.name} item")
+
+
+def encode(item: Item) -> bytes:
+    """Encode one item (and its children) as TTLV bytes."""
+    out = bytearray()
+    _encode_into(item, out)
+    return bytes(out)
+
+
+def _encode_into(item: Item, out: bytearray) -> None:
+    kind = ItemType(item.type)
+    value = item.value
+    if kind is ItemType.STRUCTURE:
+        assert isinstance(value, tuple)
+        start = len(out)
+        out += _HEADER.pack(item.tag.to_bytes(3, "big"), kind, 0)
+        for child in value:
+            _encode_into(child, out)
+        # 9.1.1.3: a Structure's length is the total length of its encoded children.
+        struct.pack_into(">I", out, start + 4, len(out) - start - HEADER_SIZE)
+        return
+    body: bytes
+    if kind is ItemType.TEXT_STRING:
+        assert isinstance(value, str)
+        body = value.encode("utf-8")
+    elif kind is ItemType.BYTE_STRING:
+        assert isinstance(value, bytes)
+        body = value
+    elif kind is ItemType.BIG_INTEGER:
+        assert isinstance(value, int)
+        body = _big_integer_bytes(value)
+    elif kind is ItemType.DATE_TIME:
+        assert isinstance(value, datetime)
+        seconds = (value - _EPOCH) // timedelta(seconds=1)
+        body = struct.pack(">q", seconds)
+    else:
+        assert isinstance(value, int)
+        body = struct.pack(_FIXED[kind][1], int(value))
+    out += _HEADER.pack(item.tag.to_bytes(3, "big"), kind, len(body))
+    out += body
+    out += bytes(_padded(len(body)) - len(body))
+
+
+def _big_integer_bytes(value: int) -> bytes:
+    """9.1.1.4: two's complement, big-endian, sign-extended to a multiple of 8 bytes."""
+    size = _padded(max(1, (value.bit_length() + 8) // 8))
+    return value.to_bytes(size, "big", signed=True)
+
+
+class _Decoder:
+    """One pass over an immutable buffer; ``count`` bounds the total number of items."""
+
+    def __init__(self, data: bytes, *, max_depth: int, max_items: int) -> None:
+        self.data = memoryview(data)
+        self.max_depth = max_depth
+        self.max_items = max_items
+        self.count = 0
+
+    def fail(self, offset: int, what: str) -> TtlvDecodeError:
+        return TtlvDecodeError(f"malformed TTLV at byte offset {offset}: {what}")
+
+    def item(self, offset: int, limit: int, depth: int) -> tuple[Item, int]:
+        """Decode the item at ``offset`` that must end by ``limit``; return it and its end."""
+        self.count += 1
+        if self.count > self.max_items:
+            raise self.fail(offset, f"more than {self.max_items} items")
+        if limit - offset < HEADER_SIZE:
+            raise self.fail(offset, f"truncated header ({limit - offset} of 8 bytes)")
+        raw_tag, raw_type, length = _HEADER.unpack_from(self.data, offset)
+        tag = int.from_bytes(raw_tag, "big")
+        if raw_tag[0] not in _TAG_PREFIXES:
+            raise self.fail(offset, f"tag {tag:#08x} does not start with 0x42 or 0x54")
+        try:
+            kind = ItemType(raw_type)
+        except ValueError:
+            raise self.fail(offset + 3, f"unknown item type {raw_type:#04x}") from None
+        start = offset + HEADER_SIZE
+        end = start + _padded(length)
+        # Checked before any slicing: a declared length never allocates past the input.
+        if end > limit:
+            raise self.fail(offset + 4, f"length {length} runs past the end of the enclosing data")
+        value = self.value(kind, start, length, end, depth)
+        return Item(tag, kind, value), end
+
+    def value(self, kind: ItemType, start: int, length: int, end: int, depth: int) -> ItemValue:
+        if kind is ItemType.STRUCTURE:
+            return self.structure(start, length, end, depth)
+        if kind in _FIXED:
+            return self.fixed(kind, start, length, end)
+        return self.variable(kind, start, length, end)
+
+    def structure(self, start: int, length: int, end: int, depth: int) -> tuple[Item, ...]:
+        """9.1.1.4: the children SHALL exactly fill the Structure's length."""
+        if length % 8:
+            raise self.fail(start - 4, f"structure length {length} is not a multiple of 8")
+        if depth >= self.max_depth:
+            raise self.fail(start - HEADER_SIZE, f"nesting deeper than {self.max_depth}")
+        children: list[Item] = []
+        cursor = start
+        while cursor < end:
+            child, cursor = self.item(cursor, end, depth + 1)
+            children.append(child)
+        return tuple(children)
+
+    def fixed(self, kind: ItemType, start: int, length: int, end: int) -> int | bool | datetime:
+        size, fmt = _FIXED[kind]
+        if length != size:
+            raise self.fail(start - 4, f"{kind.name} length must be {size}, not {length}")
+        self.check_padding(start + length, end)
+        (number,) = struct.unpack_from(fmt, self.data, start)
+        if kind is ItemType.BOOLEAN:
+            # 9.1.1.4: a Boolean is 0 (False) or 1 (True); anything else is malformed.
+            if number not in (0, 1):
+                raise self.fail(start, f"Boolean value must be 0 or 1, not {number}")
+            return bool(number)
+        if kind is ItemType.DATE_TIME:
+            if not _MIN_SECONDS <= number <= _MAX_SECONDS:
+                raise self.fail(start, f"Date-Time {number} is outside years 1-9999")
+            return _EPOCH + timedelta(seconds=number)
+        return int(number)
+
+    def variable(self, kind: ItemType, start: int, length: int, end: int) -> int | str | bytes:
+        self.check_padding(start + length, end)
+        raw = self.data[start : start + length]
+        if kind is ItemType.BIG_INTEGER:
+            if length == 0 or length % 8:
+                raise self.fail(start - 4, f"Big Integer length {length} is not a multiple of 8")
+            return int.from_bytes(raw, "big", signed=True)
+        if kind is ItemType.TEXT_STRING:
+            try:
+                return str(raw, "utf-8")
+            except UnicodeDecodeError as exc:
+                raise self.fail(start + exc.start, "Text String is not valid UTF-8") from None
+        return bytes(raw)
+
+    def check_padding(self, start: int, end: int) -> None:
+        """9.1.1.4: padding bytes SHALL be zero; anything else hides data or a bug."""
+        for position in range(start, end):
+            if self.data[position]:
+                raise self.fail(position, "non-zero padding byte")
+
+
+def decode(
+    data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH, max_items: int = DEFAULT_MAX_ITEMS
+) -> Item:
+    """Decode exactly one TTLV item that spans all of ``data``.
+
+    Nesting below ``max_depth`` structures and more than ``max_items`` items in total are
+    refused, which bounds both recursion and work for any input.
+    """
+    if max_depth < 0 or max_depth > 256:
+        raise KmipError("max_depth must be between 0 and 256")
+    decoder = _Decoder(bytes(data), max_depth=max_depth, max_items=max_items)
+    item, end = decoder.item(0, len(data), 0)
+    if end != len(data):
+        raise decoder.fail(end, f"{len(data) - end} trailing bytes after the item")
+    return item
+
+
+def decode_stream(
+    read: Callable[[int], bytes],
+    *,
+    max_size: int,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> Item:
+    """Read and decode one message from ``read`` (``socket.recv`` or ``file.read``).
+
+    Reads the 8-byte header, refuses a message larger than ``max_size`` bytes before
+    reading its body, then reads exactly the declared (padded) length. ``read`` may return
+    fewer bytes than asked; an empty read before the message is complete is an error.
+    """
+    header = _read_exactly(read, HEADER_SIZE, 0)
+    (length,) = struct.unpack_from(">I", header, 4)
+    total = HEADER_SIZE + _padded(length)
+    if total > max_size:
+        raise TtlvDecodeError(
+            f"malformed TTLV at byte offset 4: message of {total} bytes exceeds "
+            f"the maximum of {max_size}"
+        )
+    body = _read_exactly(read, total - HEADER_SIZE, HEADER_SIZE)
+    return decode(header + body, max_depth=max_depth, max_items=max_items)
+
+
+def _read_exactly(read: Callable[[int], bytes], size: int, offset: int) -> bytes:
+    chunks: list[bytes] = []
+    have = 0
+    while have < size:
+        chunk = read(min(size - have, 65536))
+        if not chunk:
+            raise TtlvDecodeError(
+                f"malformed TTLV at byte offset {offset + have}: stream ended "
+                f"{size - have} bytes early"
+            )
+        chunks.append(chunk[: size - have])
+        have += len(chunks[-1])
+    return b"".join(chunks)
