@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.crypto.vectors import vectors_path
+from tests.crypto.vectors import load_nist_rsp, vectors_path
 from vmcrypt.crypto import IntegrityError, InvalidKey, unwrap_key, wrap_key
 
 
 def load_kw(name: str) -> list[dict[str, Any]]:
-    """Parse a NIST kwtestvectors file: K/P/C records, FAIL marks a must-reject case."""
-    path: Path = vectors_path("keywrap", "kwtestvectors", name)
-    cases: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-    for raw_line in path.read_text().splitlines():
-        line = raw_line.strip()
-        if not line or line.startswith(("#", "[")):
-            continue
-        if line.startswith("COUNT"):
-            current = {"count": int(line.split("=")[1])}
-            cases.append(current)
-        elif line == "FAIL":
-            current["fail"] = True
-        elif "=" in line:
-            key, value = (part.strip() for part in line.split("=", 1))
-            current[key] = bytes.fromhex(value)
-    return cases
+    """K/P/C records of a NIST kwtestvectors file as bytes; ``fail`` marks must-reject."""
+    records = load_nist_rsp(vectors_path("keywrap", "kwtestvectors", name))
+    return [
+        {"count": int(r["count"]), "fail": "fail" in r,
+         **{k.upper(): bytes.fromhex(r[k]) for k in ("k", "p", "c") if k in r}}
+        for r in records
+    ]
 
 
 AE = load_kw("KWP_AE_256.txt")

@@ -46,7 +46,8 @@ def load_nist_rsp(path: Path) -> list[dict[str, str]]:
 
     Keys are lower-cased field names (``count``, ``key``, ``pt``, ...); each record also
     gets ``section``, the bracketed header it sits under, lower-cased (``encrypt``,
-    ``decrypt``). Comment lines start with ``#``; the files use CRLF line ends.
+    ``decrypt``). Comment lines start with ``#``; the files use CRLF line ends. A bare
+    ``FAIL`` line (key-wrap files) sets ``fail`` on the record it ends.
     """
     records: list[dict[str, str]] = []
     section = ""
@@ -60,6 +61,9 @@ def load_nist_rsp(path: Path) -> list[dict[str, str]]:
             current = None
             continue
         name, sep, value = line.partition("=")
+        if not sep and line == "FAIL" and current is not None:
+            current["fail"] = "true"  # KW/KWP files: this record must fail to unwrap
+            continue
         if not sep:
             raise ValueError(f"{path.name}: unexpected line {line!r}")
         name = name.strip().lower()
