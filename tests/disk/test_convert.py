@@ -7,7 +7,6 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from vmcrypt.crypto import (
@@ -167,16 +166,16 @@ def test_cancel_then_resume(tmp_path: Path, kek: bytes, dek: bytes, keysafe: Key
 def _interrupt_mid_chunk(monkeypatch: pytest.MonkeyPatch, sectors_written: int) -> None:
     """Make the second chunk write stop part-way, as a SIGKILL between pages would."""
     calls = {"n": 0}
-    real = convert._pwrite
+    real = convert.pwrite_all
 
-    def partial(fd: int, buf: np.ndarray, offset: int, what: str) -> None:
+    def partial(fd: int, view: memoryview, offset: int, what: str) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
-            real(fd, buf[: sectors_written * 4096], offset, what)
+            real(fd, view[: sectors_written * 4096], offset, what)
             raise KeyboardInterrupt("simulated kill")
-        real(fd, buf, offset, what)
+        real(fd, view, offset, what)
 
-    monkeypatch.setattr(convert, "_pwrite", partial)
+    monkeypatch.setattr(convert, "pwrite_all", partial)
 
 
 @pytest.mark.parametrize("sectors_written", [0, 1, 777, CHUNK // 4096 - 1])

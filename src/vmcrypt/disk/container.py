@@ -22,7 +22,16 @@ from vmcrypt.crypto.keysafe import KeySafe
 from vmcrypt.disk import luks2
 from vmcrypt.disk.codec import SECTOR, RawCodec, SectorCodec, XtsCodec
 from vmcrypt.disk.exceptions import ConversionInProgress, DiskError, HeaderError, WrongKeyError
-from vmcrypt.disk.files import StrPath, fsync_dir, header_path, journal_path, lock_file, no_space
+from vmcrypt.disk.files import (
+    StrPath,
+    fsync_dir,
+    header_path,
+    journal_path,
+    lock_file,
+    no_space,
+    pread_exact,
+    pwrite_all,
+)
 from vmcrypt.exceptions import UsageError
 
 __all__ = [
@@ -232,20 +241,10 @@ class Disk:
         return buf
 
     def _pread_exact(self, view: memoryview, offset: int) -> None:
-        done = 0
-        while done < len(view):
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if n == 0:
-                raise DiskError(f"{self.path}: unexpected end of data file at {offset + done}")
-            done += n
+        pread_exact(self._fd, view, offset, str(self.path))
 
     def _pwrite_all(self, view: memoryview, offset: int) -> None:
-        done = 0
-        try:
-            while done < len(view):
-                done += os.pwrite(self._fd, view[done:], offset + done)
-        except OSError as exc:
-            raise no_space(exc, str(self.path)) from None
+        pwrite_all(self._fd, view, offset, str(self.path))
 
 
 # -- opening and creating -------------------------------------------------------------------

@@ -48,7 +48,8 @@ from vmcrypt.disk.files import (
     header_path,
     journal_path,
     lock_file,
-    no_space,
+    pread_exact,
+    pwrite_all,
     remove_stale_temporaries,
 )
 from vmcrypt.disk.journal import Journal, dek_digest, fingerprints, verify_dek_digest
@@ -310,7 +311,7 @@ def _convert_chunks(
             # pread, not mmap: a read-only map of the data file saved a copy (~5% here) but
             # turns an I/O error, or a hole on a full tmpfs, into SIGBUS instead of an
             # exception — measured: the no-space test died with signal 7.
-            _pread(fd, chunk, offset)
+            pread_exact(fd, chunk.data, offset, str(path))
             fps = fingerprints(chunk)
             unchanged = transcode(chunk, offset // SECTOR, src, dst)
             ready.put((offset, fps, chunk, whole, unchanged))
@@ -334,7 +335,7 @@ def _repair_inflight(fd: int, journal: Journal, src: SectorCodec, dst: SectorCod
     sectors = journal.inflight_sectors
     offset = first * SECTOR
     now = np.empty(sectors * SECTOR, dtype=np.uint8)
-    _pread(fd, now, offset)
+    pread_exact(fd, now.data, offset, str(journal.path))
     expected = journal.inflight_fp
     is_old = (fingerprints(now) == expected).all(axis=1)
     backwards = now.copy()
@@ -351,7 +352,7 @@ def _repair_inflight(fd: int, journal: Journal, src: SectorCodec, dst: SectorCod
     forward = now.copy()
     transcode(forward, first, src, dst)
     result = np.where(is_old.repeat(SECTOR), forward, now)
-    _pwrite(fd, result, offset, str(journal.path))
+    pwrite_all(fd, result.data, offset, str(journal.path))
     os.fdatasync(fd)
     journal.done = offset + sectors * SECTOR
 
@@ -411,16 +412,6 @@ def _data_size(path: StrPath) -> int:
         raise DiskError(f"{path}: no such data file") from None
 
 
-def _pread(fd: int, buf: np.ndarray, offset: int) -> None:
-    view = buf.data
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            raise DiskError(f"unexpected end of data file at byte {offset + done}")
-        done += n
-
-
 def _pwrite_changed(
     fd: int, buf: np.ndarray, offset: int, unchanged: np.ndarray, what: str
 ) -> None:
@@ -430,19 +421,12 @@ def _pwrite_changed(
     old and redoes them into the same zeros.
     """
     if not unchanged.any():
-        _pwrite(fd, buf, offset, what)
+        pwrite_all(fd, buf.data, offset, what)
         return
     change = np.flatnonzero(np.diff(np.concatenate(([1], unchanged.view(np.int8), [1]))))
     # ``change`` alternates: start of a run to write, start of a run to skip, ...
     for start, stop in zip(change[::2], change[1::2], strict=True):
-        _pwrite(fd, buf[start * SECTOR : stop * SECTOR], offset + int(start) * SECTOR, what)
+        run = buf[start * SECTOR : stop * SECTOR]
+        pwrite_all(fd, run.data, offset + int(start) * SECTOR, what)
 
 
-def _pwrite(fd: int, buf: np.ndarray, offset: int, what: str) -> None:
-    view = buf.data
-    done = 0
-    try:
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
-    except OSError as exc:
-        raise no_space(exc, what) from None

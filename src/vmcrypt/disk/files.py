@@ -23,6 +23,8 @@ __all__ = [
     "journal_path",
     "lock_file",
     "no_space",
+    "pread_exact",
+    "pwrite_all",
     "remove_stale_temporaries",
 ]
 
@@ -86,6 +88,26 @@ def lock_file(fd: int, path: StrPath, *, exclusive: bool) -> None:
         raise DiskError(
             f"{path} is in use by another vmcrypt process; wait for it to finish"
         ) from None
+
+
+def pread_exact(fd: int, view: memoryview, offset: int, what: str) -> None:
+    """Fill ``view`` from ``offset``; a short file is a DiskError naming ``what``."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise DiskError(f"{what}: unexpected end of data file at byte {offset + done}")
+        done += n
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int, what: str) -> None:
+    """Write all of ``view`` at ``offset``; ENOSPC becomes a NoSpaceError naming ``what``."""
+    done = 0
+    try:
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+    except OSError as exc:
+        raise no_space(exc, what) from None
 
 
 def remove_stale_temporaries(data: StrPath) -> None:
