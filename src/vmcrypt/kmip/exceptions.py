@@ -3,19 +3,33 @@
 ::
 
     VmcryptError
-    └── kmip.KmipError           — a KMIP item or message is invalid
-        └── kmip.TtlvDecodeError — bytes received are not well-formed TTLV; the message
-                                   says which check failed and at which byte offset
+    └── kmip.KmipError              — a KMIP item or message is invalid
+        ├── kmip.TtlvDecodeError    — bytes received are not well-formed TTLV; the message
+        │                             says which check failed and at which byte offset
+        ├── kmip.MessageError       — well-formed TTLV that is not a valid KMIP message
+        │                             or payload; carries the Result Reason to answer with
+        ├── kmip.OperationFailed    — the server answered a batch item with a failure:
+        │                             its Result Status, Result Reason and Result Message
+        └── kmip.KmipConnectionError — the server could not be reached, the TLS handshake
+                                      failed, or the connection broke or timed out
 
-Malformed input from the network must only ever surface as ``TtlvDecodeError``, so a
-server can answer it with a KMIP "Invalid Message" result instead of crashing.
+Malformed input from the network must only ever surface as ``TtlvDecodeError`` or
+``MessageError``, so a server can answer it with a KMIP failure result instead of
+crashing.
 """
 
 from __future__ import annotations
 
 from vmcrypt.exceptions import VmcryptError
+from vmcrypt.kmip.tags import ResultReason, ResultStatus
 
-__all__ = ["KmipError", "TtlvDecodeError"]
+__all__ = [
+    "KmipConnectionError",
+    "KmipError",
+    "MessageError",
+    "OperationFailed",
+    "TtlvDecodeError",
+]
 
 
 class KmipError(VmcryptError):
@@ -24,3 +38,37 @@ class KmipError(VmcryptError):
 
 class TtlvDecodeError(KmipError):
     """The input is not well-formed TTLV; nothing was decoded from it."""
+
+
+class MessageError(KmipError):
+    """Valid TTLV, invalid KMIP: ``reason`` is the Result Reason a server answers with."""
+
+    def __init__(self, reason: ResultReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class OperationFailed(KmipError):
+    """A KMIP server answered a request with a failure result."""
+
+    def __init__(
+        self,
+        *,
+        operation: str,
+        status: ResultStatus,
+        reason: ResultReason | int | None,
+        message: str | None,
+    ) -> None:
+        self.operation = operation
+        self.status = status
+        self.reason = reason
+        self.result_message = message
+        reason_name = (
+            reason.name.replace("_", " ").title() if isinstance(reason, ResultReason)
+            else f"reason {reason}"
+        )
+        super().__init__(f"KMIP {operation} failed: {reason_name}: {message or 'no message'}")
+
+
+class KmipConnectionError(KmipError):
+    """The KMIP server is unreachable, refused TLS, or the connection broke or timed out."""
