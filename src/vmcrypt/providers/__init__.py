@@ -4,6 +4,7 @@ Providers know keys, not disks or VMs; the control plane asks them for KEKs and 
 the KEKs to hosts.
 """
 
+from vmcrypt.providers.backup import BackupInfo, key_fingerprint
 from vmcrypt.providers.base import (
     COMPONENT_HOST,
     COMPONENT_VM,
@@ -17,25 +18,34 @@ from vmcrypt.providers.base import (
 from vmcrypt.providers.exceptions import (
     AddKeysToHostFailed,
     BackupError,
+    ForeignWrappedKek,
     KeyMissing,
     KeyServerUnreachable,
     NotBackedUp,
     ProviderError,
+    SealedRecordError,
 )
+from vmcrypt.providers.native import HostNativeKeyProvider, NativeKeyProvider
 
 __all__ = [
     "COMPONENT_HOST",
     "COMPONENT_VM",
     "AddKeysToHostFailed",
     "BackupError",
+    "BackupInfo",
+    "ForeignWrappedKek",
+    "HostNativeKeyProvider",
     "KekRef",
     "KeyMissing",
     "KeyOwner",
     "KeyProvider",
     "KeyServerUnreachable",
+    "NativeKeyProvider",
     "NewKek",
     "NotBackedUp",
     "ProviderError",
     "ProviderHealth",
+    "SealedRecordError",
     "ServerHealth",
+    "key_fingerprint",
 ]

@@ -8,12 +8,16 @@
         │                                the key server connection" (every server tried)
         ├── KeyMissing                 — "getting keys from the key server failed due to
         │                                key missing in the key server"
+        │   └── ForeignWrappedKek      — a wrapped KEK that this native provider's primary
+        │                                key did not wrap (another provider's, or altered)
         ├── AddKeysToHostFailed        — "adding keys to the host failed due to host
         │                                connection or host support issues"
         ├── NotBackedUp                — a native provider used before its primary key was
         │                                backed up (or the risk explicitly acknowledged)
-        └── BackupError                — a native provider backup is not a backup, is
-                                         damaged, or the password is wrong
+        ├── BackupError                — a native provider backup is not a backup, is
+        │                                damaged, or the password is wrong
+        └── SealedRecordError          — a native provider's stored record does not open
+                                         with this sealing key, or is malformed
 
 The first three are the three key error events of the seeds ("Encryption Key Errors");
 ``event`` names the event the control plane records for each. Messages name the key
@@ -29,10 +33,12 @@ from vmcrypt.exceptions import VmcryptError
 __all__ = [
     "AddKeysToHostFailed",
     "BackupError",
+    "ForeignWrappedKek",
     "KeyMissing",
     "KeyServerUnreachable",
     "NotBackedUp",
     "ProviderError",
+    "SealedRecordError",
 ]
 
 
@@ -55,6 +61,17 @@ class KeyMissing(ProviderError):
     event = "kms.key.missing"
 
 
+class ForeignWrappedKek(KeyMissing):
+    """A native provider cannot unwrap a KEK: another primary key wrapped it, or it changed.
+
+    A subclass of :class:`KeyMissing` because, for the caller, the outcome is the same —
+    this provider cannot deliver that KEK — while the event and message say precisely
+    why (KWP's integrity check cannot tell "foreign" from "altered", so neither can we).
+    """
+
+    event = "native.kek.foreign"
+
+
 class AddKeysToHostFailed(ProviderError):
     """The key was obtained but could not be installed on a host."""
 
@@ -71,3 +88,9 @@ class BackupError(ProviderError):
     """A native provider backup cannot be read with this password, or is not a backup."""
 
     event = "native.backup.invalid"
+
+
+class SealedRecordError(ProviderError):
+    """A native provider's stored record is malformed or its sealing key is not this one."""
+
+    event = "native.record.invalid"
