@@ -17,6 +17,7 @@ from rich.markup import escape
 from vmcrypt import __version__
 from vmcrypt.cli.disk import app as disk_app
 from vmcrypt.cli.output import err
+from vmcrypt.cli.pki import app as pki_app
 from vmcrypt.exceptions import VmcryptError, exit_code_for
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(disk_app, name="disk")
+app.add_typer(pki_app, name="pki")
 
 
 @app.command()
