@@ -1,0 +1,227 @@
+"""The key server's SQLite store: managed objects, their attributes, sealed key material.
+
+Key material is sealed with AES-256-GCM under the server master key, with the object's
+Unique Identifier as associated data (so sealed material cannot be moved between rows)
+before it reaches SQLite; it is unsealed only for the Get that asked for it. Attributes
+are stored one row per instance, the value as its TTLV encoding, so any attribute —
+custom ones included — can be stored, returned and matched by Locate.
+
+Attribute indices follow KMIP 1.4, 2.1.1: they start at 0 and never change when other
+instances of the same attribute are added or deleted.
+
+One connection serves every thread under a lock: SQLite serialises writers anyway, and
+a KMIP operation is a handful of indexed statements.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmcrypt.crypto.aead import seal, unseal
+from vmcrypt.crypto.exceptions import IntegrityError
+from vmcrypt.kmip.tags import ObjectType
+from vmcrypt.kmip.ttlv import Item, decode, encode
+from vmcrypt.kms.errors import MasterKeyError, item_not_found
+
+__all__ = ["ManagedObject", "Store"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    uid TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    object_type INTEGER NOT NULL,
+    owner TEXT,
+    material BLOB
+);
+CREATE TABLE IF NOT EXISTS attributes (
+    uid TEXT NOT NULL REFERENCES objects(uid),
+    name TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (uid, name, idx)
+);
+CREATE INDEX IF NOT EXISTS attributes_by_value ON attributes (name, value);
+CREATE INDEX IF NOT EXISTS objects_by_seq ON objects (seq);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+_CHECK_LABEL = b"vmcrypt-kms master key check v1"
+
+
+def _aad(uid: str) -> bytes:
+    return b"vmcrypt-kms/v1 object " + uid.encode()
+
+
+@dataclass
+class ManagedObject:
+    """An object's public face: type and attributes by name → {index: value item}."""
+
+    uid: str
+    object_type: ObjectType
+    owner: str | None
+    attributes: dict[str, dict[int, Item]] = field(default_factory=dict)
+    has_material: bool = True
+
+    def values(self, name: str) -> list[Item]:
+        """Every instance of an attribute, by index."""
+        return [self.attributes[name][i] for i in sorted(self.attributes.get(name, {}))]
+
+    def first(self, name: str) -> Item | None:
+        """The lowest-index instance, or None."""
+        instances = self.attributes.get(name)
+        return instances[min(instances)] if instances else None
+
+
+class Store:
+    """All managed objects of one key server."""
+
+    def __init__(self, path: Path | str, master_key: bytes) -> None:
+        self._master_key = master_key
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._check_master_key()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _check_master_key(self) -> None:
+        """Refuse to start with a different master key than the one the store was made with."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'master-key-check'").fetchone()
+        if row is None:
+            sealed = seal(self._master_key, _CHECK_LABEL, associated_data=_CHECK_LABEL)
+            self._db.execute(
+                "INSERT INTO meta (name, value) VALUES ('master-key-check', ?)", (sealed,)
+            )
+            return
+        try:
+            unseal(self._master_key, row[0], associated_data=_CHECK_LABEL)
+        except IntegrityError:
+            raise MasterKeyError(
+                "the master key does not open this key server's database: start the server "
+                "with the master key it was created with"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of work; nests (a batch item inside an all-or-nothing batch).
+
+        SQLite savepoints nest, and the outermost one is the transaction itself.
+        """
+        with self._lock:
+            self._depth += 1
+            name = f"sp{self._depth}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            finally:
+                self._depth -= 1
+            self._db.execute(f"RELEASE {name}")
+
+    def new_uid(self) -> str:
+        """A fresh Unique Identifier."""
+        return str(uuid.uuid4())
+
+    def insert(self, obj: ManagedObject, material: bytes) -> None:
+        """Store a new object with its material sealed."""
+        sealed = seal(self._master_key, material, associated_data=_aad(obj.uid))
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO objects (uid, seq, object_type, owner, material) "
+                "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM objects), ?, ?, ?)",
+                (obj.uid, int(obj.object_type), obj.owner, sealed),
+            )
+            self._db.executemany(
+                "INSERT INTO attributes (uid, name, idx, value) VALUES (?, ?, ?, ?)",
+                [
+                    (obj.uid, name, index, encode(value))
+                    for name, instances in obj.attributes.items()
+                    for index, value in instances.items()
+                ],
+            )
+
+    def load(self, uid: str) -> ManagedObject:
+        """An object's type and attributes; ItemNotFound when there is none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT object_type, owner, material IS NOT NULL FROM objects WHERE uid = ?",
+                (uid,),
+            ).fetchone()
+            if row is None:
+                raise item_not_found(uid)
+            rows = self._db.execute(
+                "SELECT name, idx, value FROM attributes WHERE uid = ?", (uid,)
+            ).fetchall()
+        obj = ManagedObject(uid=uid, object_type=ObjectType(row[0]), owner=row[1],
+                            has_material=bool(row[2]))
+        for name, index, value in rows:
+            obj.attributes.setdefault(name, {})[index] = decode(value)
+        return obj
+
+    def material(self, uid: str) -> bytes | None:
+        """The unsealed key material, or None once destroyed."""
+        with self._lock:
+            row = self._db.execute("SELECT material FROM objects WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            raise item_not_found(uid)
+        if row[0] is None:
+            return None
+        return unseal(self._master_key, row[0], associated_data=_aad(uid))
+
+    def destroy_material(self, uid: str) -> None:
+        """Forget the key material; the object and its attributes stay (KMIP 1.4, 4.21)."""
+        with self._lock:
+            self._db.execute("UPDATE objects SET material = NULL WHERE uid = ?", (uid,))
+
+    def put_attribute(self, uid: str, name: str, index: int, value: Item) -> None:
+        """Insert or replace one attribute instance."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO attributes (uid, name, idx, value) VALUES (?, ?, ?, ?)",
+                (uid, name, index, encode(value)),
+            )
+
+    def delete_attribute(self, uid: str, name: str, index: int) -> None:
+        """Remove one attribute instance."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM attributes WHERE uid = ? AND name = ? AND idx = ?",
+                (uid, name, index),
+            )
+
+    def candidates(self, equal: Sequence[tuple[str, Item]]) -> list[str]:
+        """Objects having every ``(name, value)`` given, oldest first."""
+        sql = "SELECT uid FROM objects"
+        params: list[object] = []
+        for position, (name, value) in enumerate(equal):
+            # Only fixed fragments are concatenated; every value is a bound parameter.
+            sql += (" WHERE" if position == 0 else " AND") + (  # noqa: S608
+                " uid IN (SELECT uid FROM attributes WHERE name = ? AND value = ?)"
+            )
+            params += [name, encode(value)]
+        sql += " ORDER BY seq"
+        with self._lock:
+            return [row[0] for row in self._db.execute(sql, params)]
+
+    def count(self) -> int:
+        """How many objects the store holds."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM objects").fetchone()
+        return int(n)
