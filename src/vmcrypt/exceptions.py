@@ -7,11 +7,19 @@
     ├── crypto.InvalidKey        — key material of the wrong length or shape
     ├── crypto.IntegrityError    — one opaque error for every failed unwrap or open:
     │                              wrong KEK, tampered keySafe, tampered sealed blob
-    └── disk.DiskError
-        ├── disk.HeaderError     — not a LUKS2 header, or both copies corrupt
-        ├── disk.WrongKeyError   — the DEK does not match the header's digest
-        ├── disk.ConversionInProgress — a journal says a conversion must be resumed
-        └── disk.JournalError    — the journal itself is unreadable
+    ├── disk.DiskError
+    │   ├── disk.HeaderError     — not a LUKS2 header, or both copies corrupt
+    │   ├── disk.WrongKeyError   — the DEK does not match the header's digest
+    │   ├── disk.ConversionInProgress — a journal says a conversion must be resumed
+    │   └── disk.JournalError    — the journal itself is unreadable
+    ├── pki.PkiError             — certificates and keys: missing, unreadable, would be
+    │                              overwritten (see vmcrypt.pki.exceptions)
+    ├── kmip.KmipError           — the KMIP protocol: bad TTLV or message, a failure
+    │   │                          answer, an unreachable server (vmcrypt.kmip.exceptions)
+    │   └── kms.KmsError         — the key server cannot start: configuration, master key
+    └── providers.ProviderError  — a key provider could not deliver a KEK: the key server
+                                   is unreachable, the key is missing, a native backup is
+                                   invalid or missing (vmcrypt.providers.exceptions)
 
 User mistakes and internal failures stay distinct all the way up: the CLI maps each class
 to an exit code (see ``EXIT_CODES``) and prints the message, which always says what
@@ -43,6 +51,17 @@ EXIT_CODES: dict[str, int] = {
     "ConversionInProgress": 7,
     "JournalError": 8,
     "NoSpaceError": 9,
+    "PkiError": 10,
+    "KmipError": 11,
+    "KmipConnectionError": 12,
+    "OperationFailed": 13,
+    "KmsError": 14,
+    "MasterKeyError": 15,
+    "ProviderError": 16,
+    "KeyServerUnreachable": 17,
+    "KeyMissing": 18,
+    "NotBackedUp": 19,
+    "BackupError": 20,
 }
 
 
