@@ -1,0 +1,473 @@
+"""A KMIP client on vmcrypt's own codec: symmetric keys and their attributes.
+
+One :class:`KmipClient` keeps one TLS connection (:mod:`vmcrypt.kmip.connection`) and
+reuses it for every call, under a lock, because a KMIP server handles any number of
+requests per connection (KMIP 1.4 profiles, 3.1) and a TLS handshake costs more than a
+Get. A connection the server closed while idle is reopened once, transparently; any
+other failure surfaces as :class:`~vmcrypt.kmip.exceptions.KmipConnectionError`.
+
+Each method is one KMIP operation of KMIP 1.4 section 4, sent as a KMIP 1.2 message by
+default (what vCenter speaks). A failed batch item raises
+:class:`~vmcrypt.kmip.exceptions.OperationFailed` with the server's Result Status,
+Result Reason and Result Message; :meth:`KmipClient.send` returns raw results for
+callers that batch on their own. Payload shapes are the spec's tables; they also work
+against PyKMIP's server (tested in ``tests/kmip/test_client_pykmip_server.py``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from vmcrypt.kmip.attributes import Attribute, attribute
+from vmcrypt.kmip.connection import Connection, StaleConnection
+from vmcrypt.kmip.exceptions import KmipError, MessageError, OperationFailed
+from vmcrypt.kmip.items import (
+    byte_string,
+    enum,
+    find,
+    find_all,
+    get_int,
+    get_text,
+    integer,
+    structure,
+    text,
+)
+from vmcrypt.kmip.messages import (
+    ProtocolVersion,
+    RequestBatchItem,
+    ResponseBatchItem,
+    build_request,
+    operation_name,
+    parse_response,
+)
+from vmcrypt.kmip.tags import (
+    BatchErrorContinuationOption,
+    CryptographicAlgorithm,
+    CryptographicUsageMask,
+    KeyFormatType,
+    ObjectType,
+    Operation,
+    QueryFunction,
+    ResultReason,
+    ResultStatus,
+    RevocationReasonCode,
+    Tag,
+)
+from vmcrypt.kmip.ttlv import Item, ItemType, decode, encode
+
+__all__ = [
+    "DEFAULT_USAGE_MASK",
+    "DEFAULT_VERSION",
+    "MAX_BATCH_RESPONSE_SIZE",
+    "MAX_REQUEST_SIZE",
+    "MAX_RESPONSE_SIZE",
+    "ItemFailed",
+    "KmipClient",
+    "ServerInfo",
+]
+
+#: vCenter speaks KMIP 1.2; servers answer in the request's version (KMIP 1.4, 6.1).
+DEFAULT_VERSION = ProtocolVersion(1, 2)
+#: Encrypt | Decrypt: what a KEK wrapping DEKs is used for.
+DEFAULT_USAGE_MASK = CryptographicUsageMask.ENCRYPT | CryptographicUsageMask.DECRYPT
+#: The largest response read for one operation.
+MAX_RESPONSE_SIZE = 16 << 20
+#: The largest response read for a batched :meth:`KmipClient.get_keys` message.
+MAX_BATCH_RESPONSE_SIZE = 64 << 20
+#: Requests stay below this; vmcrypt's server refuses larger ones by default (1 MiB).
+MAX_REQUEST_SIZE = (1 << 20) - 4096
+
+AttributesArg = Mapping[str, object] | Sequence[Attribute]
+
+
+class ItemFailed(OperationFailed):
+    """An operation on one named object failed; ``uid`` is that object's identifier.
+
+    A subclass so callers that catch :class:`OperationFailed` keep working, while those
+    that batch (``get_keys``) can tell which key it was without parsing the message.
+    """
+
+    def __init__(self, *, uid: str, operation: str, status: ResultStatus,
+                 reason: ResultReason | int | None, message: str | None) -> None:
+        self.uid = uid
+        server_message = message or "no message"
+        if uid not in server_message:
+            server_message = f"{server_message} (Unique Identifier {uid!r})"
+        super().__init__(operation=operation, status=status, reason=reason,
+                         message=server_message)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What Query (KMIP 1.4, 4.25) reported: operations, object types and vendor."""
+
+    operations: list[int] = field(default_factory=list)
+    object_types: list[int] = field(default_factory=list)
+    vendor: str | None = None
+
+
+class KmipClient:
+    """A KMIP client over one persistent, mutually authenticated TLS connection."""
+
+    def __init__(self, host: str, port: int = 5696, *, ssl_context: ssl.SSLContext,
+                 timeout: float = 10.0, version: ProtocolVersion = DEFAULT_VERSION,
+                 server_hostname: str | None = None) -> None:
+        self.version = version
+        self._connection = Connection(host, port, ssl_context=ssl_context, timeout=timeout,
+                                      server_hostname=server_hostname)
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server."""
+        return self._connection.address
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of the open connection, if one is open."""
+        return self._connection.tls_version
+
+    def __repr__(self) -> str:
+        return f"KmipClient({self.address}, version={self.version})"
+
+    # -- connection -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the connection now (operations otherwise connect on first use)."""
+        with self._lock:
+            self._connection.open()
+
+    def close(self) -> None:
+        """Close the connection; a later call opens a new one."""
+        with self._lock:
+            self._connection.close()
+
+    def __enter__(self) -> KmipClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- messages ---------------------------------------------------------------------
+
+    def send(self, items: Sequence[RequestBatchItem], *,
+             error_continuation: BatchErrorContinuationOption | None = None,
+             max_response_size: int = MAX_RESPONSE_SIZE) -> list[ResponseBatchItem]:
+        """Send ``items`` as one request message; return its results without raising.
+
+        Batch items of a multi-item request get Unique Batch Item IDs when they have none
+        (6.4 requires them). A message-level refusal comes back as one result with no
+        operation.
+        """
+        if not items:
+            raise ValueError("a KMIP request needs at least one batch item")
+        if len(items) > 1:
+            items = [
+                item if item.batch_id is not None else RequestBatchItem(
+                    item.operation, item.payload, n.to_bytes(4, "big"))
+                for n, item in enumerate(items)
+            ]
+        request = encode(build_request(self.version, list(items),
+                                       error_continuation=error_continuation))
+        what = operation_name(items[0].operation) + (
+            f" (batch of {len(items)})" if len(items) > 1 else "")
+        data = self._exchange(request, max_response_size=max_response_size, what=what)
+        try:
+            message = decode(data, max_items=max(10_000, 64 * len(items)))
+            return list(parse_response(message).items)
+        except KmipError as exc:
+            raise MessageError(
+                ResultReason.INVALID_MESSAGE,
+                f"the KMIP server {self.address} sent an invalid response to {what}: {exc}",
+            ) from None
+
+    def _exchange(self, request: bytes, *, max_response_size: int, what: str) -> bytes:
+        with self._lock:
+            connection = self._connection
+            if connection.looks_closed():
+                connection.close()
+            try:
+                return connection.exchange(request, max_response_size=max_response_size,
+                                           what=what)
+            except StaleConnection:
+                # The server dropped the idle connection before reading the request, so
+                # sending it again on a fresh connection cannot run it twice.
+                return connection.exchange(request, max_response_size=max_response_size,
+                                           what=what)
+
+    def _call(self, operation: Operation, *fields: Item | None, uid: str | None = None) -> Item:
+        """One operation; its Response Payload, or :class:`OperationFailed`."""
+        payload = structure(Tag.REQUEST_PAYLOAD, *fields)
+        results = self.send([RequestBatchItem(operation, payload)])
+        return _payload(results[0], operation, uid)
+
+    # -- discovery --------------------------------------------------------------------
+
+    def discover_versions(self) -> list[ProtocolVersion]:
+        """The protocol versions the server speaks, best first (4.26)."""
+        payload = self._call(Operation.DISCOVER_VERSIONS)
+        return [ProtocolVersion.from_item(i) for i in find_all(payload, Tag.PROTOCOL_VERSION)]
+
+    def query(self) -> ServerInfo:
+        """Query Operations, Objects and Server Information (4.25)."""
+        payload = self._call(
+            Operation.QUERY,
+            enum(Tag.QUERY_FUNCTION, QueryFunction.QUERY_OPERATIONS),
+            enum(Tag.QUERY_FUNCTION, QueryFunction.QUERY_OBJECTS),
+            enum(Tag.QUERY_FUNCTION, QueryFunction.QUERY_SERVER_INFORMATION),
+        )
+        return ServerInfo(
+            operations=_ints(find_all(payload, Tag.OPERATION)),
+            object_types=_ints(find_all(payload, Tag.OBJECT_TYPE)),
+            vendor=get_text(payload, Tag.VENDOR_IDENTIFICATION, required=False),
+        )
+
+    # -- keys -------------------------------------------------------------------------
+
+    def create_symmetric_key(self, *, length: int = 256, usage_mask: int = DEFAULT_USAGE_MASK,
+                             name: str | None = None, attributes: AttributesArg = ()) -> str:
+        """Create (4.1) an AES key on the server; return its Unique Identifier.
+
+        ``attributes`` go into the Template-Attribute, so custom ``x-`` attributes are set
+        "when the key server creates a key", as vCenter does for ``x-Vendor`` & co.
+        """
+        template = [
+            attribute("Cryptographic Algorithm", CryptographicAlgorithm.AES),
+            attribute("Cryptographic Length", length),
+            attribute("Cryptographic Usage Mask", int(usage_mask)),
+            *_named(name), *_attributes(attributes),
+        ]
+        payload = self._call(Operation.CREATE, enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+                             _template(template))
+        return _uid(payload)
+
+    def register_symmetric_key(self, key: bytes, *, name: str | None = None,
+                               attributes: AttributesArg = ()) -> str:
+        """Register (4.3) key material made by the client as an AES key; return its ID."""
+        template = [attribute("Cryptographic Usage Mask", int(DEFAULT_USAGE_MASK)),
+                    *_named(name), *_attributes(attributes)]
+        key_object = structure(
+            Tag.SYMMETRIC_KEY,
+            structure(
+                Tag.KEY_BLOCK,
+                enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),
+                structure(Tag.KEY_VALUE, byte_string(Tag.KEY_MATERIAL, key)),
+                enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+                integer(Tag.CRYPTOGRAPHIC_LENGTH, len(key) * 8),
+            ),
+        )
+        payload = self._call(Operation.REGISTER, enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+                             _template(template), key_object)
+        return _uid(payload)
+
+    def get_key(self, uid: str) -> bytes:
+        """Get (4.11) a symmetric key's raw bytes."""
+        return _key_bytes(self._call(Operation.GET, *_get_fields(uid), uid=uid), uid)
+
+    def get_keys(self, uids: Sequence[str], *, batch_size: int = 500) -> list[bytes]:
+        """Get many keys in few messages, in the order of ``uids``.
+
+        Each message carries up to ``batch_size`` Get items with the Batch Error
+        Continuation Option Continue (6.7), so one missing key does not hide the others'
+        results; the first failure raises :class:`ItemFailed` naming its uid. Batches
+        are split further when a request would exceed :data:`MAX_REQUEST_SIZE`.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        keys: list[bytes] = []
+        for start in range(0, len(uids), batch_size):
+            keys += self._get_batch(list(uids[start:start + batch_size]))
+        return keys
+
+    def _get_batch(self, uids: list[str]) -> list[bytes]:
+        items = [
+            RequestBatchItem(Operation.GET, structure(Tag.REQUEST_PAYLOAD, *_get_fields(uid)),
+                             n.to_bytes(4, "big"))
+            for n, uid in enumerate(uids)
+        ]
+        size = len(encode(build_request(self.version, items)))
+        if size > MAX_REQUEST_SIZE and len(uids) > 1:
+            half = len(uids) // 2
+            return self._get_batch(uids[:half]) + self._get_batch(uids[half:])
+        results = self.send(items, error_continuation=BatchErrorContinuationOption.CONTINUE,
+                            max_response_size=MAX_BATCH_RESPONSE_SIZE)
+        by_id = {result.batch_id: result for result in results}
+        if len(results) == 1 and results[0].operation is None:
+            _payload(results[0], Operation.GET, None)  # a message-level refusal
+        keys = []
+        for item, uid in zip(items, uids, strict=True):
+            result = by_id.get(item.batch_id)
+            if result is None:
+                raise MessageError(
+                    ResultReason.INVALID_MESSAGE,
+                    f"the KMIP server {self.address} did not answer the Get of {uid!r}",
+                )
+            keys.append(_key_bytes(_payload(result, Operation.GET, uid), uid))
+        return keys
+
+    # -- attributes -------------------------------------------------------------------
+
+    def get_attributes(self, uid: str, names: Sequence[str] | None = None) -> list[Attribute]:
+        """Get Attributes (4.12): all of them, or those named (absent names are skipped)."""
+        payload = self._call(Operation.GET_ATTRIBUTES, text(Tag.UNIQUE_IDENTIFIER, uid),
+                             *(text(Tag.ATTRIBUTE_NAME, n) for n in names or ()), uid=uid)
+        return [_read_attribute(item) for item in find_all(payload, Tag.ATTRIBUTE)]
+
+    def get_attribute_list(self, uid: str) -> list[str]:
+        """Get Attribute List (4.13): the names of the object's attributes."""
+        payload = self._call(Operation.GET_ATTRIBUTE_LIST, text(Tag.UNIQUE_IDENTIFIER, uid),
+                             uid=uid)
+        return [str(item.value) for item in find_all(payload, Tag.ATTRIBUTE_NAME)]
+
+    def add_attribute(self, uid: str, name: str, value: object) -> int:
+        """Add Attribute (4.14); returns the Attribute Index the server chose."""
+        payload = self._call(Operation.ADD_ATTRIBUTE, *_add_fields(uid, name, value), uid=uid)
+        returned = find(payload, Tag.ATTRIBUTE)
+        index = get_int(returned, Tag.ATTRIBUTE_INDEX, required=False) if returned else None
+        return index or 0
+
+    def add_attributes(self, uid: str, attributes: Mapping[str, object]) -> None:
+        """Several Add Attribute items in one message, as vCenter sends its x- attributes.
+
+        The batch stops at the first failure (6.7, Stop), which is raised.
+        """
+        if not attributes:
+            return
+        items = [
+            RequestBatchItem(Operation.ADD_ATTRIBUTE,
+                             structure(Tag.REQUEST_PAYLOAD, *_add_fields(uid, name, value)))
+            for name, value in attributes.items()
+        ]
+        results = self.send(items)
+        for result in results:
+            _payload(result, Operation.ADD_ATTRIBUTE, uid)
+        if len(results) < len(items):
+            raise MessageError(
+                ResultReason.INVALID_MESSAGE,
+                f"the KMIP server {self.address} answered {len(results)} of {len(items)} "
+                "Add Attribute items without reporting a failure",
+            )
+
+    def modify_attribute(self, uid: str, name: str, value: object, *,
+                         index: int | None = None) -> None:
+        """Modify Attribute (4.15) of instance ``index`` (the server assumes 0)."""
+        self._call(Operation.MODIFY_ATTRIBUTE, text(Tag.UNIQUE_IDENTIFIER, uid),
+                   attribute(name, value, index=index).to_item(), uid=uid)
+
+    def delete_attribute(self, uid: str, name: str, *, index: int | None = None) -> None:
+        """Delete Attribute (4.16): KMIP 1.x names it by Attribute Name and Index."""
+        self._call(Operation.DELETE_ATTRIBUTE, text(Tag.UNIQUE_IDENTIFIER, uid),
+                   text(Tag.ATTRIBUTE_NAME, name),
+                   integer(Tag.ATTRIBUTE_INDEX, index) if index is not None else None, uid=uid)
+
+    # -- search and life cycle --------------------------------------------------------
+
+    def locate(self, *, name: str | None = None, attributes: AttributesArg = (),
+               maximum_items: int | None = None, offset_items: int | None = None) -> list[str]:
+        """Locate (4.9): the IDs of objects matching every attribute given."""
+        payload = self._call(
+            Operation.LOCATE,
+            integer(Tag.MAXIMUM_ITEMS, maximum_items) if maximum_items is not None else None,
+            integer(Tag.OFFSET_ITEMS, offset_items) if offset_items is not None else None,
+            *(a.to_item() for a in [*_named(name), *_attributes(attributes)]),
+        )
+        return [str(item.value) for item in find_all(payload, Tag.UNIQUE_IDENTIFIER)]
+
+    def activate(self, uid: str) -> None:
+        """Activate (4.19): Pre-Active → Active."""
+        self._call(Operation.ACTIVATE, text(Tag.UNIQUE_IDENTIFIER, uid), uid=uid)
+
+    def revoke(self, uid: str, *,
+               reason: RevocationReasonCode = RevocationReasonCode.CESSATION_OF_OPERATION,
+               message: str | None = None) -> None:
+        """Revoke (4.20): Deactivated, or Compromised for ``KEY_COMPROMISE``."""
+        self._call(
+            Operation.REVOKE, text(Tag.UNIQUE_IDENTIFIER, uid),
+            structure(Tag.REVOCATION_REASON, enum(Tag.REVOCATION_REASON_CODE, reason),
+                      text(Tag.REVOCATION_MESSAGE, message) if message is not None else None),
+            uid=uid,
+        )
+
+    def destroy(self, uid: str) -> None:
+        """Destroy (4.21) the key material; servers keep the metadata."""
+        self._call(Operation.DESTROY, text(Tag.UNIQUE_IDENTIFIER, uid), uid=uid)
+
+
+def _payload(result: ResponseBatchItem, operation: int, uid: str | None) -> Item:
+    """The result's payload, or the failure raised."""
+    name = operation_name(result.operation if result.operation is not None else operation)
+    if result.status is not ResultStatus.SUCCESS:
+        if uid is not None and result.operation is not None:
+            raise ItemFailed(uid=uid, operation=name, status=result.status,
+                             reason=result.reason, message=result.message)
+        raise OperationFailed(operation=name, status=result.status, reason=result.reason,
+                              message=result.message)
+    return result.payload if result.payload is not None else structure(Tag.RESPONSE_PAYLOAD)
+
+
+def _get_fields(uid: str) -> tuple[Item, Item]:
+    return text(Tag.UNIQUE_IDENTIFIER, uid), enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW)
+
+
+def _add_fields(uid: str, name: str, value: object) -> tuple[Item, Item]:
+    return text(Tag.UNIQUE_IDENTIFIER, uid), attribute(name, value).to_item()
+
+
+def _named(name: str | None) -> list[Attribute]:
+    return [attribute("Name", name)] if name is not None else []
+
+
+def _attributes(given: AttributesArg) -> list[Attribute]:
+    if isinstance(given, Mapping):
+        return [attribute(name, value) for name, value in given.items()]
+    return list(given)
+
+
+def _template(attributes: list[Attribute]) -> Item:
+    """A Template-Attribute structure (2.1.8) holding ``attributes``."""
+    return structure(Tag.TEMPLATE_ATTRIBUTE, *(a.to_item() for a in attributes))
+
+
+def _uid(payload: Item) -> str:
+    uid = get_text(payload, Tag.UNIQUE_IDENTIFIER)
+    assert uid is not None
+    return uid
+
+
+def _ints(items: list[Item]) -> list[int]:
+    return [item.value for item in items if isinstance(item.value, int)]
+
+
+def _read_attribute(item: Item) -> Attribute:
+    """An Attribute as the server sent it, without this server's SPECS checks.
+
+    A client must read what other servers return (PyKMIP, vendor attributes), so only
+    the structure is checked here, not which names and types are allowed.
+    """
+    name = get_text(item, Tag.ATTRIBUTE_NAME)
+    assert name is not None
+    value = find(item, Tag.ATTRIBUTE_VALUE)
+    return Attribute(name=name, value=value if value is not None else structure(
+        Tag.ATTRIBUTE_VALUE), index=get_int(item, Tag.ATTRIBUTE_INDEX, required=False))
+
+
+def _key_bytes(payload: Item, uid: str) -> bytes:
+    """The Key Material of a Get response's Symmetric Key (2.2.2), Raw or Transparent."""
+    key_object = find(payload, Tag.SYMMETRIC_KEY)
+    block = find(key_object, Tag.KEY_BLOCK) if key_object is not None else None
+    value = find(block, Tag.KEY_VALUE) if block is not None else None
+    if value is None or value.type is not ItemType.STRUCTURE:
+        raise MessageError(ResultReason.MISSING_DATA,
+                           f"the Get response for {uid!r} holds no symmetric Key Value")
+    material = find(value, Tag.KEY_MATERIAL)
+    if material is not None and material.type is ItemType.STRUCTURE:
+        material = find(material, Tag.KEY)  # Transparent Symmetric Key (2.1.7.1)
+    if material is None or not isinstance(material.value, bytes):
+        raise MessageError(ResultReason.MISSING_DATA,
+                           f"the Get response for {uid!r} holds no Key Material")
+    return material.value
