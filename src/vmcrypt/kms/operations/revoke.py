@@ -1,10 +1,12 @@
 """Revoke — KMIP 1.4, 4.20.
 
-"If the revocation reason is 'key compromise' … the object is placed into the
-'compromised' state, and the Compromise Date attribute is set to the current date and
-time"; otherwise "the object is placed into the 'deactivated' state, and the
-Deactivation Date attribute is set". A destroyed object revoked for compromise becomes
-Destroyed Compromised.
+"If the revocation reason is 'key compromise' or 'CA compromise', then the object is
+placed into the 'compromised' state; the Date is set to the current date and time; and
+the Compromise Occurrence Date is set to the value (if provided) in the Revoke request
+and if a value is not provided in the Revoke request then Compromise Occurrence Date
+SHOULD be set to the Initial Date for the object"; otherwise "the object is placed into
+the 'deactivated' state, and the Deactivation Date is set". A destroyed object revoked
+for compromise becomes Destroyed Compromised.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from vmcrypt.kmip.ttlv import Item
 from vmcrypt.kms.context import Context, response, state_of
 from vmcrypt.kms.errors import OperationError
 from vmcrypt.kms.objects import touch
+
+_COMPROMISE = (RevocationReasonCode.KEY_COMPROMISE, RevocationReasonCode.CA_COMPROMISE)
 
 
 def run(ctx: Context, payload: Item) -> Item:
@@ -36,10 +40,13 @@ def run(ctx: Context, payload: Item) -> Item:
     obj = ctx.load(uid)
     state = state_of(obj)
     put = ctx.store.put_attribute
-    if reason_code is RevocationReasonCode.KEY_COMPROMISE:
+    if reason_code in _COMPROMISE:
         occurred = find(payload, Tag.COMPROMISE_OCCURRENCE_DATE)
+        initial = obj.first("Initial Date")
         when = occurred.value if occurred is not None and isinstance(
-            occurred.value, datetime) else ctx.now
+            occurred.value, datetime) else (
+            initial.value if initial is not None and isinstance(initial.value, datetime)
+            else ctx.now)
         new_state = State.DESTROYED_COMPROMISED if state in (
             State.DESTROYED, State.DESTROYED_COMPROMISED) else State.COMPROMISED
         put(uid, "Compromise Date", 0, date_time(Tag.ATTRIBUTE_VALUE, ctx.now))
@@ -49,7 +56,7 @@ def run(ctx: Context, payload: Item) -> Item:
             raise OperationError(
                 ResultReason.ILLEGAL_OPERATION,
                 f"object {uid!r} is {state.name.replace('_', ' ').title()}; only "
-                "'key compromise' can still be recorded for it",
+                "a key or CA compromise can still be recorded for it",
             )
         new_state = State.DEACTIVATED
         if state is not State.DEACTIVATED:
