@@ -95,7 +95,7 @@ class ItemFailed(OperationFailed):
                  reason: ResultReason | int | None, message: str | None) -> None:
         self.uid = uid
         server_message = message or "no message"
-        if uid not in server_message:
+        if repr(uid) not in server_message:
             server_message = f"{server_message} (Unique Identifier {uid!r})"
         super().__init__(operation=operation, status=status, reason=reason,
                          message=server_message)
