@@ -1,0 +1,208 @@
+"""Persistence across restarts, the master key's rules, and a scan for leaked key material.
+
+The store seals key material under the master key before SQLite sees it, so neither the
+database files (main file, WAL, shared memory) nor the server's log lines may contain
+any key — raw, hex or base64 — and a server started with another master key must refuse
+to open the database instead of failing on the first Get.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.kms.conftest import (
+    MASTER_KEY,
+    KmipConn,
+    captured_logs,
+    make_config,
+    name_attr,
+    open_tls,
+    tls_client,
+    uid_of,
+    uid_payload,
+)
+from vmcrypt.kmip.attributes import Attribute, attribute
+from vmcrypt.kmip.items import byte_string, enum, get_enum, integer, structure
+from vmcrypt.kmip.tags import (
+    CryptographicAlgorithm,
+    KeyFormatType,
+    ObjectType,
+    Operation,
+    RevocationReasonCode,
+    State,
+    Tag,
+)
+from vmcrypt.kmip.ttlv import Item
+from vmcrypt.kms.errors import MasterKeyError
+from vmcrypt.kms.master_key import ENV_VAR
+from vmcrypt.kms.server import KmsServer
+from vmcrypt.pki.layout import PkiLayout
+
+
+@pytest.fixture(autouse=True)
+def _no_master_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def _start(pki: PkiLayout, data: Path, **kwargs: object) -> KmsServer:
+    server = KmsServer(make_config(pki, data), **kwargs)  # type: ignore[arg-type]
+    server.start()
+    return server
+
+
+def _conn(server: KmsServer, pki: PkiLayout) -> KmipConn:
+    return KmipConn(open_tls(server.address, tls_client(pki)))
+
+
+def _register_payload(material: bytes, *attributes: Attribute) -> Item:
+    block = structure(
+        Tag.KEY_BLOCK,
+        enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),
+        structure(Tag.KEY_VALUE, byte_string(Tag.KEY_MATERIAL, material)),
+        enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
+        integer(Tag.CRYPTOGRAPHIC_LENGTH, len(material) * 8),
+    )
+    return structure(
+        Tag.REQUEST_PAYLOAD,
+        enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
+        structure(Tag.TEMPLATE_ATTRIBUTE, *(a.to_item() for a in attributes)),
+        structure(Tag.SYMMETRIC_KEY, block),
+    )
+
+
+def test_a_restart_keeps_every_key_attribute_and_state(pki: PkiLayout, data_dir: Path) -> None:
+    server = _start(pki, data_dir)
+    kmip = _conn(server, pki)
+    uids = {
+        "pre-active": kmip.create(name_attr("p"), attribute("x-Vendor", "VMware, Inc.")),
+        "active": kmip.create(name_attr("a")),
+        "deactivated": kmip.create(name_attr("d")),
+        "compromised": kmip.create(),
+        "destroyed": kmip.create(),
+    }
+    kmip.activate(uids["active"])
+    kmip.activate(uids["deactivated"])
+    kmip.revoke(uids["deactivated"])
+    kmip.revoke(uids["compromised"], RevocationReasonCode.KEY_COMPROMISE)
+    kmip.destroy(uids["destroyed"])
+    registered = os.urandom(24)
+    payload = kmip.ok(Operation.REGISTER, _register_payload(registered, name_attr("r")))
+    uids["registered"] = uid_of(payload)
+    before = {k: kmip.get_attributes(uid) for k, uid in uids.items()}
+    keys = {k: kmip.key_bytes(uid) for k, uid in uids.items() if k != "destroyed"}
+    assert keys["registered"] == registered
+    located = kmip.locate(attribute("State", State.ACTIVE))
+    kmip.close()
+    server.shutdown()
+
+    again = _start(pki, data_dir)
+    try:
+        kmip = _conn(again, pki)
+        assert {k: kmip.get_attributes(uid) for k, uid in uids.items()} == before
+        assert {k: kmip.key_bytes(uid) for k, uid in uids.items() if k != "destroyed"} == keys
+        assert kmip.locate(attribute("State", State.ACTIVE)) == located
+        assert kmip.locate(attribute("x-Vendor", "VMware, Inc.")) == [uids["pre-active"]]
+        assert before["destroyed"]["State"] == [State.DESTROYED]
+        kmip.fails(Operation.GET, uid_payload(uids["destroyed"]))
+        # New keys continue after the old ones (Locate order is creation order).
+        new = kmip.create()
+        assert kmip.locate()[-1] == new
+        kmip.close()
+    finally:
+        again.shutdown()
+
+
+def test_another_master_key_is_refused_at_start(pki: PkiLayout, data_dir: Path) -> None:
+    _start(pki, data_dir, master_key=MASTER_KEY).shutdown()
+    with pytest.raises(MasterKeyError, match="does not open"):
+        KmsServer(make_config(pki, data_dir), master_key=bytes(32))
+
+
+def test_the_master_key_file_is_created_0600_and_a_readable_one_refused(
+        pki: PkiLayout, data_dir: Path) -> None:
+    server = _start(pki, data_dir)
+    server.shutdown()
+    key_file = data_dir / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    _start(pki, data_dir).shutdown()  # the same file opens the same store
+    key_file.chmod(0o644)
+    with pytest.raises(MasterKeyError, match=r"chmod 600"):
+        KmsServer(make_config(pki, data_dir))
+
+
+def test_the_environment_master_key_takes_precedence(
+        pki: PkiLayout, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _start(pki, data_dir).shutdown()  # store sealed under the key in master.key
+    file_key = bytes.fromhex((data_dir / "master.key").read_text())
+    monkeypatch.setenv(ENV_VAR, os.urandom(32).hex())
+    with pytest.raises(MasterKeyError, match="does not open"):
+        KmsServer(make_config(pki, data_dir))
+    monkeypatch.setenv(ENV_VAR, base64.b64encode(file_key).decode())
+    _start(pki, data_dir).shutdown()
+    monkeypatch.setenv(ENV_VAR, "not a key")
+    with pytest.raises(MasterKeyError, match=ENV_VAR):
+        KmsServer(make_config(pki, data_dir))
+
+
+def test_an_environment_key_creates_no_key_file(
+        pki: PkiLayout, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, os.urandom(32).hex())
+    _start(pki, data_dir).shutdown()
+    assert not (data_dir / "master.key").exists()
+
+
+def _forms(key: bytes) -> list[bytes]:
+    return [key, key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key),
+            base64.urlsafe_b64encode(key), base64.b64encode(key).rstrip(b"=")]
+
+
+def _scan(blobs: dict[str, bytes], keys: list[bytes]) -> list[str]:
+    return [f"{where}: key #{n}" for n, key in enumerate(keys) for form in _forms(key)
+            for where, blob in blobs.items() if form in blob]
+
+
+def _db_files(data: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in data.glob("kms.db*")}
+
+
+def test_no_key_leaks_into_the_database_or_the_log(pki: PkiLayout, data_dir: Path) -> None:
+    with captured_logs("vmcrypt") as lines:
+        server = _start(pki, data_dir, master_key=MASTER_KEY)
+        kmip = _conn(server, pki)
+        keys: list[bytes] = []
+        for n in range(40):
+            uid = kmip.create(name_attr(f"leak-{n}"), length=(128, 192, 256)[n % 3])
+            keys.append(kmip.key_bytes(uid))
+            if n % 4 == 0:
+                kmip.activate(uid)
+        for n in range(10):
+            material = os.urandom(32)
+            kmip.ok(Operation.REGISTER, _register_payload(material, name_attr(f"reg-{n}")))
+            keys.append(material)
+        # Failures log too: a Register whose length disagrees with its key.
+        bad = os.urandom(32)
+        block_payload = _register_payload(bad, attribute("Cryptographic Length", 128))
+        kmip.fails(Operation.REGISTER, block_payload)
+        keys.append(bad)
+        transparent = uid_payload(
+            uid, enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.TRANSPARENT_SYMMETRIC_KEY))
+        got = kmip.ok(Operation.GET, transparent)
+        assert get_enum(got, Tag.OBJECT_TYPE) == ObjectType.SYMMETRIC_KEY
+        assert len(set(keys)) == len(keys)
+        files_running = _db_files(data_dir)
+        assert "kms.db-wal" in files_running
+        kmip.close()
+        server.shutdown()
+    files_stopped = _db_files(data_dir)
+    log = "\n".join(lines).encode()
+    assert any(b"Create" in line.encode() for line in lines), "the audit log was not captured"
+    assert _scan({f"running {k}": v for k, v in files_running.items()}, keys) == []
+    assert _scan({f"stopped {k}": v for k, v in files_stopped.items()}, keys) == []
+    assert _scan({"log": log}, keys) == []
+    # The master key is not in the database or the log either.
+    assert _scan({**files_stopped, "log": log}, [MASTER_KEY]) == []
