@@ -24,7 +24,7 @@ from vmcrypt.kmip.exceptions import KmipConnectionError, MessageError
 from vmcrypt.kmip.tags import ResultReason, Tag
 from vmcrypt.kmip.ttlv import HEADER_SIZE, ItemType
 
-__all__ = ["Connection", "StaleConnection"]
+__all__ = ["Connection", "StaleConnection", "TlsRefused"]
 
 _HEADER = struct.Struct(">3sBI")
 
@@ -35,6 +35,10 @@ class StaleConnection(KmipConnectionError):
     Raised only when not a single byte of the response arrived, which is how a server
     that dropped an idle connection looks; the request was not processed.
     """
+
+
+class TlsRefused(KmipConnectionError):
+    """TCP reached the server, but TLS failed: certificate, hostname, or client refused."""
 
 
 class Connection:
@@ -99,7 +103,7 @@ class Connection:
         except ssl.SSLCertVerificationError as exc:
             raw.close()
             why = str(exc.verify_message).rstrip(".")
-            raise KmipConnectionError(
+            raise TlsRefused(
                 f"TLS handshake with the KMIP server {self.address} failed: its certificate "
                 f"was not accepted ({why}); check that the CA file is the one that issued the "
                 f"server's certificate and that the certificate names {self.server_hostname!r}"
@@ -112,7 +116,7 @@ class Connection:
             ) from None
         except (ssl.SSLError, OSError) as exc:
             raw.close()
-            raise KmipConnectionError(
+            raise TlsRefused(
                 f"TLS handshake with the KMIP server {self.address} failed ({_describe(exc)}); "
                 "check that the client certificate is issued by a CA the server trusts and "
                 "that both sides allow TLS 1.2 or later"
@@ -194,7 +198,7 @@ class Connection:
             if received == 0:
                 # TLS 1.3 servers check the client certificate after the client's side of
                 # the handshake is done, so a refusal shows up here, on the first read.
-                raise KmipConnectionError(
+                raise TlsRefused(
                     f"the KMIP server {self.address} closed the connection right after the "
                     f"TLS handshake ({_describe(exc)}): it most likely refused this client's "
                     "certificate; check that the client certificate is issued by a CA the "

@@ -26,6 +26,7 @@ from vmcrypt.providers.exceptions import (
     SealedRecordError,
 )
 from vmcrypt.providers.native import HostNativeKeyProvider, NativeKeyProvider
+from vmcrypt.providers.standard import KmsServerConfig, StandardKeyProvider
 
 __all__ = [
     "COMPONENT_HOST",
@@ -40,6 +41,7 @@ __all__ = [
     "KeyOwner",
     "KeyProvider",
     "KeyServerUnreachable",
+    "KmsServerConfig",
     "NativeKeyProvider",
     "NewKek",
     "NotBackedUp",
@@ -47,5 +49,6 @@ __all__ = [
     "ProviderHealth",
     "SealedRecordError",
     "ServerHealth",
+    "StandardKeyProvider",
     "key_fingerprint",
 ]
