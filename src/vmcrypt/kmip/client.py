@@ -26,7 +26,6 @@ from vmcrypt.kmip.attributes import Attribute, attribute
 from vmcrypt.kmip.connection import Connection, StaleConnection
 from vmcrypt.kmip.exceptions import KmipError, MessageError, OperationFailed
 from vmcrypt.kmip.items import (
-    byte_string,
     enum,
     find,
     find_all,
@@ -44,11 +43,23 @@ from vmcrypt.kmip.messages import (
     operation_name,
     parse_response,
 )
+from vmcrypt.kmip.payloads import (
+    AttributesArg,
+    add_fields,
+    attribute_list,
+    get_fields,
+    ints,
+    key_bytes,
+    named,
+    raw_symmetric_key,
+    read_attribute,
+    template,
+    unique_identifier,
+)
 from vmcrypt.kmip.tags import (
     BatchErrorContinuationOption,
     CryptographicAlgorithm,
     CryptographicUsageMask,
-    KeyFormatType,
     ObjectType,
     Operation,
     QueryFunction,
@@ -57,7 +68,7 @@ from vmcrypt.kmip.tags import (
     RevocationReasonCode,
     Tag,
 )
-from vmcrypt.kmip.ttlv import Item, ItemType, decode, encode
+from vmcrypt.kmip.ttlv import Item, decode, encode
 
 __all__ = [
     "DEFAULT_USAGE_MASK",
@@ -80,8 +91,6 @@ MAX_RESPONSE_SIZE = 16 << 20
 MAX_BATCH_RESPONSE_SIZE = 64 << 20
 #: Requests stay below this; vmcrypt's server refuses larger ones by default (1 MiB).
 MAX_REQUEST_SIZE = (1 << 20) - 4096
-
-AttributesArg = Mapping[str, object] | Sequence[Attribute]
 
 
 class ItemFailed(OperationFailed):
@@ -222,8 +231,8 @@ class KmipClient:
             enum(Tag.QUERY_FUNCTION, QueryFunction.QUERY_SERVER_INFORMATION),
         )
         return ServerInfo(
-            operations=_ints(find_all(payload, Tag.OPERATION)),
-            object_types=_ints(find_all(payload, Tag.OBJECT_TYPE)),
+            operations=ints(find_all(payload, Tag.OPERATION)),
+            object_types=ints(find_all(payload, Tag.OBJECT_TYPE)),
             vendor=get_text(payload, Tag.VENDOR_IDENTIFICATION, required=False),
         )
 
@@ -236,38 +245,28 @@ class KmipClient:
         ``attributes`` go into the Template-Attribute, so custom ``x-`` attributes are set
         "when the key server creates a key", as vCenter does for ``x-Vendor`` & co.
         """
-        template = [
+        template_attributes = [
             attribute("Cryptographic Algorithm", CryptographicAlgorithm.AES),
             attribute("Cryptographic Length", length),
             attribute("Cryptographic Usage Mask", int(usage_mask)),
-            *_named(name), *_attributes(attributes),
+            *named(name), *attribute_list(attributes),
         ]
         payload = self._call(Operation.CREATE, enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
-                             _template(template))
-        return _uid(payload)
+                             template(template_attributes))
+        return unique_identifier(payload)
 
     def register_symmetric_key(self, key: bytes, *, name: str | None = None,
                                attributes: AttributesArg = ()) -> str:
         """Register (4.3) key material made by the client as an AES key; return its ID."""
-        template = [attribute("Cryptographic Usage Mask", int(DEFAULT_USAGE_MASK)),
-                    *_named(name), *_attributes(attributes)]
-        key_object = structure(
-            Tag.SYMMETRIC_KEY,
-            structure(
-                Tag.KEY_BLOCK,
-                enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),
-                structure(Tag.KEY_VALUE, byte_string(Tag.KEY_MATERIAL, key)),
-                enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
-                integer(Tag.CRYPTOGRAPHIC_LENGTH, len(key) * 8),
-            ),
-        )
+        template_attributes = [attribute("Cryptographic Usage Mask", int(DEFAULT_USAGE_MASK)),
+                               *named(name), *attribute_list(attributes)]
         payload = self._call(Operation.REGISTER, enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
-                             _template(template), key_object)
-        return _uid(payload)
+                             template(template_attributes), raw_symmetric_key(key))
+        return unique_identifier(payload)
 
     def get_key(self, uid: str) -> bytes:
         """Get (4.11) a symmetric key's raw bytes."""
-        return _key_bytes(self._call(Operation.GET, *_get_fields(uid), uid=uid), uid)
+        return key_bytes(self._call(Operation.GET, *get_fields(uid), uid=uid), uid)
 
     def get_keys(self, uids: Sequence[str], *, batch_size: int = 500) -> list[bytes]:
         """Get many keys in few messages, in the order of ``uids``.
@@ -286,7 +285,7 @@ class KmipClient:
 
     def _get_batch(self, uids: list[str]) -> list[bytes]:
         items = [
-            RequestBatchItem(Operation.GET, structure(Tag.REQUEST_PAYLOAD, *_get_fields(uid)),
+            RequestBatchItem(Operation.GET, structure(Tag.REQUEST_PAYLOAD, *get_fields(uid)),
                              n.to_bytes(4, "big"))
             for n, uid in enumerate(uids)
         ]
@@ -307,7 +306,7 @@ class KmipClient:
                     ResultReason.INVALID_MESSAGE,
                     f"the KMIP server {self.address} did not answer the Get of {uid!r}",
                 )
-            keys.append(_key_bytes(_payload(result, Operation.GET, uid), uid))
+            keys.append(key_bytes(_payload(result, Operation.GET, uid), uid))
         return keys
 
     # -- attributes -------------------------------------------------------------------
@@ -316,7 +315,7 @@ class KmipClient:
         """Get Attributes (4.12): all of them, or those named (absent names are skipped)."""
         payload = self._call(Operation.GET_ATTRIBUTES, text(Tag.UNIQUE_IDENTIFIER, uid),
                              *(text(Tag.ATTRIBUTE_NAME, n) for n in names or ()), uid=uid)
-        return [_read_attribute(item) for item in find_all(payload, Tag.ATTRIBUTE)]
+        return [read_attribute(item) for item in find_all(payload, Tag.ATTRIBUTE)]
 
     def get_attribute_list(self, uid: str) -> list[str]:
         """Get Attribute List (4.13): the names of the object's attributes."""
@@ -326,7 +325,7 @@ class KmipClient:
 
     def add_attribute(self, uid: str, name: str, value: object) -> int:
         """Add Attribute (4.14); returns the Attribute Index the server chose."""
-        payload = self._call(Operation.ADD_ATTRIBUTE, *_add_fields(uid, name, value), uid=uid)
+        payload = self._call(Operation.ADD_ATTRIBUTE, *add_fields(uid, name, value), uid=uid)
         returned = find(payload, Tag.ATTRIBUTE)
         index = get_int(returned, Tag.ATTRIBUTE_INDEX, required=False) if returned else None
         return index or 0
@@ -340,7 +339,7 @@ class KmipClient:
             return
         items = [
             RequestBatchItem(Operation.ADD_ATTRIBUTE,
-                             structure(Tag.REQUEST_PAYLOAD, *_add_fields(uid, name, value)))
+                             structure(Tag.REQUEST_PAYLOAD, *add_fields(uid, name, value)))
             for name, value in attributes.items()
         ]
         results = self.send(items)
@@ -374,7 +373,7 @@ class KmipClient:
             Operation.LOCATE,
             integer(Tag.MAXIMUM_ITEMS, maximum_items) if maximum_items is not None else None,
             integer(Tag.OFFSET_ITEMS, offset_items) if offset_items is not None else None,
-            *(a.to_item() for a in [*_named(name), *_attributes(attributes)]),
+            *(a.to_item() for a in [*named(name), *attribute_list(attributes)]),
         )
         return [str(item.value) for item in find_all(payload, Tag.UNIQUE_IDENTIFIER)]
 
@@ -408,66 +407,3 @@ def _payload(result: ResponseBatchItem, operation: int, uid: str | None) -> Item
         raise OperationFailed(operation=name, status=result.status, reason=result.reason,
                               message=result.message)
     return result.payload if result.payload is not None else structure(Tag.RESPONSE_PAYLOAD)
-
-
-def _get_fields(uid: str) -> tuple[Item, Item]:
-    return text(Tag.UNIQUE_IDENTIFIER, uid), enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW)
-
-
-def _add_fields(uid: str, name: str, value: object) -> tuple[Item, Item]:
-    return text(Tag.UNIQUE_IDENTIFIER, uid), attribute(name, value).to_item()
-
-
-def _named(name: str | None) -> list[Attribute]:
-    return [attribute("Name", name)] if name is not None else []
-
-
-def _attributes(given: AttributesArg) -> list[Attribute]:
-    if isinstance(given, Mapping):
-        return [attribute(name, value) for name, value in given.items()]
-    return list(given)
-
-
-def _template(attributes: list[Attribute]) -> Item:
-    """A Template-Attribute structure (2.1.8) holding ``attributes``."""
-    return structure(Tag.TEMPLATE_ATTRIBUTE, *(a.to_item() for a in attributes))
-
-
-def _uid(payload: Item) -> str:
-    uid = get_text(payload, Tag.UNIQUE_IDENTIFIER)
-    assert uid is not None
-    return uid
-
-
-def _ints(items: list[Item]) -> list[int]:
-    return [item.value for item in items if isinstance(item.value, int)]
-
-
-def _read_attribute(item: Item) -> Attribute:
-    """An Attribute as the server sent it, without this server's SPECS checks.
-
-    A client must read what other servers return (PyKMIP, vendor attributes), so only
-    the structure is checked here, not which names and types are allowed.
-    """
-    name = get_text(item, Tag.ATTRIBUTE_NAME)
-    assert name is not None
-    value = find(item, Tag.ATTRIBUTE_VALUE)
-    return Attribute(name=name, value=value if value is not None else structure(
-        Tag.ATTRIBUTE_VALUE), index=get_int(item, Tag.ATTRIBUTE_INDEX, required=False))
-
-
-def _key_bytes(payload: Item, uid: str) -> bytes:
-    """The Key Material of a Get response's Symmetric Key (2.2.2), Raw or Transparent."""
-    key_object = find(payload, Tag.SYMMETRIC_KEY)
-    block = find(key_object, Tag.KEY_BLOCK) if key_object is not None else None
-    value = find(block, Tag.KEY_VALUE) if block is not None else None
-    if value is None or value.type is not ItemType.STRUCTURE:
-        raise MessageError(ResultReason.MISSING_DATA,
-                           f"the Get response for {uid!r} holds no symmetric Key Value")
-    material = find(value, Tag.KEY_MATERIAL)
-    if material is not None and material.type is ItemType.STRUCTURE:
-        material = find(material, Tag.KEY)  # Transparent Symmetric Key (2.1.7.1)
-    if material is None or not isinstance(material.value, bytes):
-        raise MessageError(ResultReason.MISSING_DATA,
-                           f"the Get response for {uid!r} holds no Key Material")
-    return material.value
