@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -49,25 +48,8 @@ def _config(pki: PkiLayout, database: Path, *, port: int = 0,
 
 
 def start_server(config: KmsConfig, master_key: bytes) -> KmsServer:
-    """Start a key server whose ``shutdown()`` really drops its open connections.
-
-    Workaround, reported: ``KmsServer.shutdown()`` calls ``shutdown(SHUT_RDWR)`` on the
-    raw sockets it tracks, but ``wrap_socket`` detached them, so established TLS
-    connections stay open and keep answering (with a closed store: General Failure).
-    Tracking the TLS sockets too makes a stopped server look stopped to its clients, as
-    a killed process would. Remove once the server tracks the wrapped sockets itself.
-    """
+    """Start a key server; its ``shutdown()`` drops open connections, as a kill would."""
     kms = KmsServer(config, master_key=master_key)
-    context = kms._context
-    wrap = context.wrap_socket
-
-    def tracked(sock: socket.socket, **kwargs: Any) -> ssl.SSLSocket:
-        conn = wrap(sock, **kwargs)
-        with kms._guard:
-            kms._connections.add(conn)
-        return conn
-
-    context.wrap_socket = tracked  # type: ignore[method-assign]
     kms.start()
     return kms
 

@@ -16,12 +16,15 @@ from typing import Annotated
 
 import typer
 
+from vmcrypt.cli import kms_keys
 from vmcrypt.exceptions import UsageError
 
 app = typer.Typer(
     help="The KMIP key server: KMIP 1.0-1.4 over mutual TLS (port 5696), keys sealed at rest.",
     no_args_is_help=True,
 )
+app.command("status")(kms_keys.status)
+app.add_typer(kms_keys.keys, name="key")
 
 
 @app.command()

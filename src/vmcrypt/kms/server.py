@@ -67,6 +67,7 @@ class KmsServer:
         self._stopping = threading.Event()
         self._slots = threading.BoundedSemaphore(config.max_connections)
         self._connections: set[socket.socket] = set()
+        self._workers: set[threading.Thread] = set()
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -108,8 +109,12 @@ class KmsServer:
             for conn in list(self._connections):
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
+            workers = list(self._workers)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # A stopped server must look stopped: no connection may answer from a closed store.
+        for worker in workers:
+            worker.join(timeout=5)
         self.store.close()
 
     def _accept_loop(self) -> None:
@@ -127,11 +132,15 @@ class KmsServer:
                 conn.close()
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(
+            worker = threading.Thread(
                 target=self._serve_connection, args=(conn, peer), name=f"kms-{peer}", daemon=True
-            ).start()
+            )
+            with self._guard:
+                self._workers.add(worker)
+            worker.start()
 
     def _serve_connection(self, raw: socket.socket, peer: tuple[str, int]) -> None:
+        tracked: socket.socket = raw
         with self._guard:
             self._connections.add(raw)
         try:
@@ -141,6 +150,11 @@ class KmsServer:
             except (ssl.SSLError, OSError) as exc:
                 log.info("TLS handshake with %s failed: %s", peer[0], exc)
                 return
+            # wrap_socket detaches ``raw``: track the TLS socket so shutdown() reaches it.
+            with self._guard:
+                self._connections.discard(raw)
+                self._connections.add(conn)
+                tracked = conn
             identity = peer_identity(conn)
             conn.settimeout(self.config.idle_timeout)
             log.debug("client %s connected from %s (%s)", identity, peer[0], conn.version())
@@ -153,7 +167,8 @@ class KmsServer:
                     conn.close()
         finally:
             with self._guard:
-                self._connections.discard(raw)
+                self._connections.discard(tracked)
+                self._workers.discard(threading.current_thread())
             raw.close()
             self._slots.release()
 
