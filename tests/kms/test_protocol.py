@@ -410,3 +410,59 @@ def test_maximum_response_size_is_honoured(kmip: KmipConn) -> None:
     _failure(kmip.send(message), ResultReason.RESPONSE_TOO_LARGE)
 
 
+
+
+_FUZZ_TAGS = [
+    Tag.UNIQUE_IDENTIFIER, Tag.ATTRIBUTE, Tag.ATTRIBUTE_NAME, Tag.ATTRIBUTE_VALUE,
+    Tag.ATTRIBUTE_INDEX, Tag.OBJECT_TYPE, Tag.TEMPLATE_ATTRIBUTE, Tag.KEY_FORMAT_TYPE,
+    Tag.REVOCATION_REASON, Tag.REVOCATION_REASON_CODE, Tag.COMPROMISE_OCCURRENCE_DATE,
+    Tag.MAXIMUM_ITEMS, Tag.OFFSET_ITEMS, Tag.STORAGE_STATUS_MASK, Tag.QUERY_FUNCTION,
+    Tag.PROTOCOL_VERSION, Tag.PROTOCOL_VERSION_MAJOR, Tag.PROTOCOL_VERSION_MINOR,
+    Tag.SYMMETRIC_KEY, Tag.KEY_BLOCK, Tag.KEY_VALUE, Tag.KEY_MATERIAL, Tag.KEY,
+    Tag.CRYPTOGRAPHIC_ALGORITHM, Tag.CRYPTOGRAPHIC_LENGTH, Tag.NAME_VALUE, Tag.NAME_TYPE,
+]
+_FUZZ_TEXT = ["Name", "State", "x-a", "y-b", "Activation Date", "Cryptographic Length",
+              "Application Specific Information", "Initial Date", "Object Group", "1", ""]
+
+
+def _primitive(tag: int) -> st.SearchStrategy[Item]:
+    from datetime import UTC, datetime
+
+    from vmcrypt.kmip.ttlv import ItemType
+
+    def make(kind: ItemType) -> Callable[[object], Item]:
+        return lambda value: Item(tag, kind, value)  # type: ignore[arg-type]
+
+    return st.one_of(
+        st.integers(-5, 300).map(make(ItemType.INTEGER)),
+        st.integers(0, 8).map(make(ItemType.ENUMERATION)),
+        st.sampled_from(_FUZZ_TEXT).map(make(ItemType.TEXT_STRING)),
+        st.binary(max_size=40).map(make(ItemType.BYTE_STRING)),
+        st.booleans().map(make(ItemType.BOOLEAN)),
+        st.integers(0, 2**33).map(lambda s: Item(tag, ItemType.DATE_TIME,
+                                                  datetime.fromtimestamp(s, UTC))),
+        st.integers(0, 300).map(make(ItemType.LONG_INTEGER)),
+        st.integers(0, 300).map(make(ItemType.INTERVAL)),
+    )
+
+
+_FUZZ_ITEMS = st.recursive(
+    st.sampled_from(_FUZZ_TAGS).flatmap(_primitive),
+    lambda kids: st.tuples(st.sampled_from(_FUZZ_TAGS), st.lists(kids, max_size=5)).map(
+        lambda pair: structure(pair[0], *pair[1])),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operation=st.sampled_from(sorted(OPERATIONS)), children=st.lists(_FUZZ_ITEMS, max_size=6),
+       minor=st.integers(0, 4))
+def test_fuzzed_payloads_get_a_kmip_reason_not_an_internal_error(
+        dispatcher: Dispatcher, operation: int, children: list[Item], minor: int) -> None:
+    """Well-framed requests with nonsense payloads: every failure names a KMIP reason;
+    General Failure (an exception inside an operation) would be a server bug."""
+    request = build_request(ProtocolVersion(1, minor), [
+        RequestBatchItem(operation, structure(Tag.REQUEST_PAYLOAD, *children))])
+    response = _answer(dispatcher, encode(request))
+    assert all(i.reason != ResultReason.GENERAL_FAILURE for i in response.items), response
