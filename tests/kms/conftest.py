@@ -265,7 +265,7 @@ def create_payload(*attributes: Attribute, length: int = 256) -> Item:
     )
 
 
-def uid_payload(uid: str | None = None, *extra: Item) -> Item:
+def uid_payload(uid: str | None = None, *extra: Item | None) -> Item:
     return structure(Tag.REQUEST_PAYLOAD,
                      text(Tag.UNIQUE_IDENTIFIER, uid) if uid is not None else None, *extra)
 

@@ -200,12 +200,11 @@ def test_multi_item_batches_need_distinct_batch_ids(
 @pytest.mark.parametrize("count", [0, 2, 3])
 def test_a_wrong_batch_count_is_an_invalid_message(
         kmip: KmipConn, server: KmsServer, count: int) -> None:
-    message = build_request(V1_4, [RequestBatchItem(Operation.CREATE, create_payload())])
-    header, item = message.value  # type: ignore[misc]
-    version, _ = header.value
-    wrong = structure(Tag.REQUEST_MESSAGE,
-                      structure(Tag.REQUEST_HEADER, version, integer(Tag.BATCH_COUNT, count)),
-                      item)
+    wrong = structure(
+        Tag.REQUEST_MESSAGE,
+        structure(Tag.REQUEST_HEADER, V1_4.to_item(), integer(Tag.BATCH_COUNT, count)),
+        structure(Tag.BATCH_ITEM, enum(Tag.OPERATION, Operation.CREATE), create_payload()),
+    )
     _failure(kmip.send(wrong), ResultReason.INVALID_MESSAGE)
     assert server.store.count() == 0
 
