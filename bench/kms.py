@@ -61,6 +61,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -127,7 +128,7 @@ class OurPairClient:
 class PyKmipPairClient:
     def __init__(self, ep: Endpoint, ident: Identity) -> None:
         quiet()
-        from kmip.pie.client import ProxyKmipClient
+        from kmip.pie.client import ProxyKmipClient  # type: ignore[import-untyped]
 
         self.client = ProxyKmipClient(hostname=ep.host, port=ep.port, cert=str(ident.cert),
                                       key=str(ident.key), ca=str(ident.ca),
@@ -135,7 +136,7 @@ class PyKmipPairClient:
         self.client.open()
 
     def pair(self) -> None:
-        from kmip import enums
+        from kmip import enums  # type: ignore[import-untyped]
 
         uid = self.client.create(enums.CryptographicAlgorithm.AES, 256)
         if len(self.client.get(uid).value) != 32:
@@ -389,6 +390,11 @@ def interrupts_raise() -> Iterator[None]:
 
 # --- the run -------------------------------------------------------------------------------
 
+def store_fetch(fetch: dict[str, dict[str, float]], name: str,
+                times: tuple[float, float]) -> None:
+    fetch[name] = {"one_by_one_s": times[0], "batched_s": times[1]}
+
+
 def best(values: list[float]) -> float | None:
     return max(values) if values else None
 
@@ -431,23 +437,21 @@ def measure(args: argparse.Namespace, log: Callable[..., None]) -> dict[str, Any
             for kind in kinds:
                 for ep in servers:
                     attempt(f"{kind} → {ep.name}, one client",
-                            lambda k=kind, e=ep: single_pairs(
-                                k, e, ident, warmup=args.warmup, seconds=args.seconds),
+                            partial(single_pairs, kind, ep, ident, warmup=args.warmup,
+                                    seconds=args.seconds),
                             single[kind][ep.name].append, f"round {round_no}: ")
-                    attempt(f"{kind} → {ep.name}, {args.clients} clients "
-                            f"({mode})",
-                            lambda k=kind, e=ep: concurrent_pairs(
-                                k, e, ident, clients=args.clients, processes=args.processes,
-                                warmup=args.warmup, seconds=args.seconds),
+                    attempt(f"{kind} → {ep.name}, {args.clients} clients ({mode})",
+                            partial(concurrent_pairs, kind, ep, ident, clients=args.clients,
+                                    processes=args.processes, warmup=args.warmup,
+                                    seconds=args.seconds),
                             multi[kind][ep.name].append, f"round {round_no}: ")
         fetch: dict[str, dict[str, float]] = {}
         if CLIENT_OURS in kinds:
             for ep in servers:
                 attempt(f"fetching {args.keys} keys from {ep.name} one by one and batched",
-                        lambda e=ep: fetch_keys(e, ident, keys=args.keys, rounds=args.rounds,
-                                                batch_size=args.batch_size),
-                        lambda times, e=ep: fetch.__setitem__(
-                            e.name, {"one_by_one_s": times[0], "batched_s": times[1]}))
+                        partial(fetch_keys, ep, ident, keys=args.keys, rounds=args.rounds,
+                                batch_size=args.batch_size),
+                        partial(store_fetch, fetch, ep.name))
     finally:
         for proc in procs:
             stop(proc)
