@@ -118,9 +118,6 @@ def test_serve_create_get_stop_restart(tmp_path: Path) -> None:
         assert key not in db.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/main.py sets the 'vmcrypt' logger to WARNING before `kms serve` configures "
-    "logging, so --log-level info/debug prints nothing (reported to the cli/ owner)"))
 def test_log_level_debug_reaches_stderr(tmp_path: Path) -> None:
     """The operator's log: the listening line and each request's audit line on stderr."""
     data, stderr = tmp_path / "kms", tmp_path / "stderr.log"

@@ -74,10 +74,16 @@ def serve(
     from vmcrypt.kms.server import KmsConfig, KmsServer
     from vmcrypt.pki.layout import init_pki
 
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise UsageError(f"--log-level {log_level!r}: use debug, info, warning or error")
+    # A server logs with timestamps at the level asked, not the CLI's one-line warnings.
+    logger = logging.getLogger("vmcrypt")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(level)
     logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     given = [p for p in (cert, key, ca) if p is not None]
     if given and len(given) != 3:

@@ -41,7 +41,7 @@ class Context:
                 ResultReason.MISSING_DATA,
                 "no Unique Identifier given and no earlier batch item set the ID Placeholder",
             )
-        self.id_placeholder = uid
+        # Only operations that produce an object (Create, Register) set the placeholder.
         return uid
 
     def load(self, uid: str) -> ManagedObject:
