@@ -8,6 +8,7 @@ ID Placeholder (KMIP 1.4, 3.1: a Unique Identifier a batch item may leave out, m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,14 +45,14 @@ class Context:
         # Only operations that produce an object (Create, Register) set the placeholder.
         return uid
 
-    def load(self, uid: str) -> ManagedObject:
+    def load(self, uid: str, *, names: Sequence[str] | None = None) -> ManagedObject:
         """Load an object.
 
         Access policy: every client holding a certificate from the server's CA may use
         every object (the control plane, the Trust Authority and an administrator share
         keys); the creating identity is recorded as the object's owner for audit.
         """
-        return self.store.load(uid)
+        return self.store.load(uid, names=names)
 
 
 def state_of(obj: ManagedObject) -> State:

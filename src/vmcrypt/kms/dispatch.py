@@ -78,6 +78,13 @@ OPERATIONS: dict[int, OperationFn] = {
     Operation.DISCOVER_VERSIONS: discover_versions.run,
 }
 
+#: Operations that change nothing run without a transaction of their own (each of their
+#: statements sees a consistent snapshot; WAL readers never block writers).
+READ_ONLY = frozenset({
+    Operation.GET, Operation.GET_ATTRIBUTES, Operation.GET_ATTRIBUTE_LIST, Operation.LOCATE,
+    Operation.QUERY, Operation.DISCOVER_VERSIONS,
+})
+
 _LOWEST = SUPPORTED_VERSIONS[-1]
 _HIGHEST = SUPPORTED_VERSIONS[0]
 audit = logging.getLogger("vmcrypt.kms.audit")
@@ -181,8 +188,11 @@ class Dispatcher:
                     ResultReason.OPERATION_NOT_SUPPORTED,
                     f"{name} is not supported by this server (see Query Operations)",
                 )
-            with self.store.transaction():
+            if operation in READ_ONLY:
                 result = function(ctx, payload)
+            else:
+                with self.store.transaction():
+                    result = function(ctx, payload)
         except (OperationError, MessageError) as exc:
             audit.info("%s %s by %s: failed: %s", name, _uid_of(payload), identity, exc)
             return ResponseBatchItem(

@@ -173,30 +173,40 @@ class KmsServer:
             self._slots.release()
 
     def _serve_requests(self, conn: ssl.SSLSocket, identity: str | None) -> None:
+        """Answer request messages in order until the peer closes.
+
+        Reads are buffered: a whole request usually arrives in one TLS record, so one
+        ``recv`` per request instead of one for the header and one for the body.
+        """
+        buffer = bytearray()
         while not self._stopping.is_set():
-            header = _recv_exactly(conn, HEADER_SIZE, eof_ok=True)
-            if header is None:
+            if not _fill(conn, buffer, HEADER_SIZE):
                 return
-            (length,) = struct.unpack_from(">I", header, 4)
+            (length,) = struct.unpack_from(">I", buffer, 4)
             total = HEADER_SIZE + length + (-length % 8)
             if total > self.config.max_message_size:
                 conn.sendall(_too_large(total, self.config.max_message_size))
                 return
-            body = _recv_exactly(conn, total - HEADER_SIZE, eof_ok=False)
-            assert body is not None
-            conn.sendall(self.dispatcher.handle(header + body, identity=identity))
+            if not _fill(conn, buffer, total):
+                raise ConnectionError("peer closed the connection in the middle of a request")
+            message = bytes(buffer[:total])
+            del buffer[:total]
+            conn.sendall(self.dispatcher.handle(message, identity=identity))
 
 
-def _recv_exactly(conn: ssl.SSLSocket, size: int, *, eof_ok: bool) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = conn.recv(size - len(chunks))
+def _fill(conn: ssl.SSLSocket, buffer: bytearray, size: int) -> bool:
+    """Read until ``buffer`` holds ``size`` bytes; False on a clean close before any byte."""
+    while len(buffer) < size:
+        chunk = conn.recv(max(_READ_SIZE, size - len(buffer)))
         if not chunk:
-            if eof_ok and not chunks:
-                return None
-            raise ConnectionError(f"peer closed the connection {size - len(chunks)} bytes early")
-        chunks += chunk
-    return bytes(chunks)
+            if not buffer:
+                return False
+            raise ConnectionError(f"peer closed the connection {size - len(buffer)} bytes early")
+        buffer += chunk
+    return True
+
+
+_READ_SIZE = 65536
 
 
 def _too_large(total: int, limit: int) -> bytes:

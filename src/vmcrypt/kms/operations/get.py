@@ -13,6 +13,9 @@ from vmcrypt.kms.context import Context, response, state_of
 from vmcrypt.kms.errors import OperationError
 from vmcrypt.kms.objects import key_block
 
+#: The attributes a Get reads: its state and what the Key Block states.
+_NEEDED = ("State", "Cryptographic Algorithm", "Cryptographic Length")
+
 #: The reason a Get of a destroyed key answers with.
 DESTROYED_REASON = ResultReason.ITEM_NOT_FOUND
 
@@ -27,7 +30,7 @@ def run(ctx: Context, payload: Item) -> Item:
             "Get with a Key Wrapping Specification is not supported; keys travel over "
             "mutual TLS",
         )
-    obj = ctx.load(uid)
+    obj = ctx.load(uid, names=_NEEDED)
     material = ctx.store.material(uid)
     if material is None or state_of(obj) in (State.DESTROYED, State.DESTROYED_COMPROMISED):
         raise OperationError(
