@@ -52,6 +52,9 @@ class Connection:
         self.server_hostname = server_hostname or host
         self._context = ssl_context
         self._sock: ssl.SSLSocket | None = None
+        #: Bytes received but not yet consumed: a response usually arrives in one TLS
+        #: record, so reading ahead makes it one ``recv`` instead of header + body.
+        self._buffer = bytearray()
         #: True once a request went out on the current socket: only then is it "reused".
         self._used = False
 
@@ -122,11 +125,13 @@ class Connection:
                 "that both sides allow TLS 1.2 or later"
             ) from None
         self._sock = sock
+        self._buffer.clear()
         self._used = False
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
         sock, self._sock = self._sock, None
+        self._buffer.clear()
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -213,13 +218,15 @@ class Connection:
     def _recv(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at end of stream."""
         assert self._sock is not None
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self._sock.recv(min(size - len(chunks), 1 << 20))
+        buffer = self._buffer
+        while len(buffer) < size:
+            chunk = self._sock.recv(min(max(size - len(buffer), 65536), 1 << 20))
             if not chunk:
                 break
-            chunks += chunk
-        return bytes(chunks)
+            buffer += chunk
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        return data
 
 
 def _describe(exc: BaseException) -> str:
