@@ -206,3 +206,21 @@ def test_no_key_leaks_into_the_database_or_the_log(pki: PkiLayout, data_dir: Pat
     assert _scan({"log": log}, keys) == []
     # The master key is not in the database or the log either.
     assert _scan({**files_stopped, "log": log}, [MASTER_KEY]) == []
+
+
+def test_locate_uses_the_value_index_for_searchable_attributes(tmp_path: Path) -> None:
+    """Names and custom attributes are found through the index, not by scanning."""
+    from vmcrypt.kmip.attributes import attribute, name_value
+    from vmcrypt.kms.store import Store
+
+    store = Store(tmp_path / "kms.db", os.urandom(32))
+    try:
+        searches = ([("Name", name_value("k1"))],
+                    [("x-Vendor", attribute("x-Vendor", "v").value)],
+                    [("State", attribute("State", 2).value)])
+        for equal in searches:
+            plan = store.query_plan(equal)
+            assert "attributes_by_value" in plan, plan
+            assert "SCAN attributes" not in plan, plan
+    finally:
+        store.close()

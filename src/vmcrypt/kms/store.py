@@ -48,9 +48,18 @@ CREATE TABLE IF NOT EXISTS attributes (
     value BLOB NOT NULL,
     PRIMARY KEY (uid, name, idx)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS attributes_by_value ON attributes (name, value);
+CREATE INDEX IF NOT EXISTS attributes_by_value ON attributes (name, value)
+    WHERE name NOT IN ({unindexed});
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+#: Attributes every key gets at creation and that nobody searches by value: Locate by them
+#: still works (a scan), but leaving them out of the value index makes a Create write 3
+#: index entries instead of 11 — about a quarter of its cost.
+UNINDEXED = (
+    "Unique Identifier", "Object Type", "Cryptographic Algorithm", "Cryptographic Length",
+    "Cryptographic Usage Mask", "Initial Date", "Last Change Date", "Original Creation Date",
+)
+_UNINDEXED_SQL = ", ".join(f"'{name}'" for name in UNINDEXED)
 _CHECK_LABEL = b"vmcrypt-kms master key check v1"
 
 
@@ -93,7 +102,7 @@ class Store:
         # encrypts is lost with it otherwise. In WAL mode this is one fsync per commit.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA.format(unindexed=_UNINDEXED_SQL))
         self._check_master_key()
 
     def close(self) -> None:
@@ -229,20 +238,32 @@ class Store:
 
     def candidates(self, equal: Sequence[tuple[str, Item]]) -> list[str]:
         """Objects having every ``(name, value)`` given, oldest first."""
-        sql = "SELECT uid FROM objects"
-        params: list[object] = []
-        for position, (name, value) in enumerate(equal):
-            # Only fixed fragments are concatenated; every value is a bound parameter.
-            sql += (" WHERE" if position == 0 else " AND") + (  # noqa: S608
-                " uid IN (SELECT uid FROM attributes WHERE name = ? AND value = ?)"
-            )
-            params += [name, encode(value)]
-        sql += " ORDER BY seq"
+        sql, params = _candidates_query(equal)
         with self._lock:
             return [row[0] for row in self._db.execute(sql, params)]
+
+    def query_plan(self, equal: Sequence[tuple[str, Item]]) -> str:
+        """SQLite's plan for :meth:`candidates` (tests check that the value index is used)."""
+        sql, params = _candidates_query(equal)
+        with self._lock:
+            rows = self._db.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+        return "\n".join(str(row[-1]) for row in rows)
 
     def count(self) -> int:
         """How many objects the store holds."""
         with self._lock:
             (n,) = self._db.execute("SELECT COUNT(*) FROM objects").fetchone()
         return int(n)
+
+
+def _candidates_query(equal: Sequence[tuple[str, Item]]) -> tuple[str, list[object]]:
+    sql = "SELECT uid FROM objects"
+    params: list[object] = []
+    for position, (name, value) in enumerate(equal):
+        # Only fixed fragments are concatenated; every value is a bound parameter. The
+        # partial index is used only when the query repeats its WHERE term verbatim.
+        indexed = "" if name in UNINDEXED else f" AND name NOT IN ({_UNINDEXED_SQL})"
+        term = f" uid IN (SELECT uid FROM attributes WHERE name = ? AND value = ?{indexed})"  # noqa: S608
+        sql += (" WHERE" if position == 0 else " AND") + term
+        params += [name, encode(value)]
+    return sql + " ORDER BY seq", params
