@@ -19,6 +19,7 @@ import select
 import socket
 import ssl
 import struct
+import time
 
 from vmcrypt.kmip.exceptions import KmipConnectionError, MessageError
 from vmcrypt.kmip.tags import ResultReason, Tag
@@ -55,6 +56,7 @@ class Connection:
         #: Bytes received but not yet consumed: a response usually arrives in one TLS
         #: record, so reading ahead makes it one ``recv`` instead of header + body.
         self._buffer = bytearray()
+        self._last_exchange = 0.0
         #: True once a request went out on the current socket: only then is it "reused".
         self._used = False
 
@@ -144,6 +146,10 @@ class Connection:
         """
         if self._sock is None or not self._used:
             return False
+        if time.monotonic() - self._last_exchange < _FRESH:
+            # Servers close idle connections after many seconds, not within one; and a
+            # close the probe misses is still caught as StaleConnection and retried.
+            return False
         if self._sock.pending():
             return True
         try:
@@ -160,6 +166,7 @@ class Connection:
         """
         self.open()
         assert self._sock is not None
+        self._last_exchange = time.monotonic()
         reused = self._used
         self._used = True
         received = 0
@@ -227,6 +234,10 @@ class Connection:
         data = bytes(buffer[:size])
         del buffer[:size]
         return data
+
+
+#: A connection used less than this many seconds ago is not probed before reuse.
+_FRESH = 1.0
 
 
 def _describe(exc: BaseException) -> str:

@@ -236,50 +236,76 @@ class _Decoder:
     def fail(self, offset: int, what: str) -> TtlvDecodeError:
         return TtlvDecodeError(f"malformed TTLV at byte offset {offset}: {what}")
 
-    def item(self, offset: int, limit: int, depth: int) -> tuple[Item, int]:
-        """Decode the item at ``offset`` that must end by ``limit``; return it and its end."""
-        self.count += 1
-        if self.count > self.max_items:
-            raise self.fail(offset, f"more than {self.max_items} items")
-        if limit - offset < HEADER_SIZE:
-            raise self.fail(offset, f"truncated header ({limit - offset} of 8 bytes)")
-        word, length = _WORDS.unpack_from(self.data, offset)
-        tag = word >> 8
-        if tag >> 16 not in _TAG_PREFIXES:
-            raise self.fail(offset, f"tag {tag:#08x} does not start with 0x42 or 0x54")
-        kind = _TYPES.get(word & 0xFF)
-        if kind is None:
-            raise self.fail(offset + 3, f"unknown item type {word & 0xFF:#04x}")
-        start = offset + HEADER_SIZE
-        end = start + ((length + 7) & ~7)
-        # Checked before any slicing: a declared length never allocates past the input.
-        if end > limit:
-            raise self.fail(offset + 4, f"length {length} runs past the end of the enclosing data")
-        value: ItemValue
-        if kind is ItemType.STRUCTURE:
-            value = self.structure(start, length, end, depth)
-        else:
-            if end - start != length and self.data.count(0, start + length, end) != (
+    def run(self) -> Item:  # noqa: PLR0912 — one loop on purpose: it is the hot path
+        """Decode the one item that must span all of the data.
+
+        Iterative, with an explicit stack of open structures: no recursion (``max_depth``
+        still bounds the stack) and no method call per structure, which matters because
+        decoding is most of a KMIP request's cost.
+        """
+        data = self.data
+        size = len(data)
+        unpack = _WORDS.unpack_from
+        types = _TYPES
+        fixed_kinds = _FIXED
+        structure_kind = ItemType.STRUCTURE
+        max_depth, max_items = self.max_depth, self.max_items
+        #: Open structures: [tag, end offset, children so far].
+        stack: list[tuple[int, int, list[Item]]] = []
+        count = 0
+        offset = 0
+        while True:
+            while stack and offset == stack[-1][1]:
+                tag, _, children = stack.pop()
+                done = _trusted(tag, structure_kind, tuple(children))
+                if not stack:
+                    return self._finish(done, offset, size)
+                stack[-1][2].append(done)
+            limit = stack[-1][1] if stack else size
+            count += 1
+            if count > max_items:
+                raise self.fail(offset, f"more than {max_items} items")
+            if limit - offset < HEADER_SIZE:
+                raise self.fail(offset, f"truncated header ({limit - offset} of 8 bytes)")
+            word, length = unpack(data, offset)
+            tag = word >> 8
+            if tag >> 16 not in _TAG_PREFIXES:
+                raise self.fail(offset, f"tag {tag:#08x} does not start with 0x42 or 0x54")
+            kind = types.get(word & 0xFF)
+            if kind is None:
+                raise self.fail(offset + 3, f"unknown item type {word & 0xFF:#04x}")
+            start = offset + HEADER_SIZE
+            end = start + ((length + 7) & ~7)
+            # Checked before any slicing: a declared length never allocates past the input.
+            if end > limit:
+                raise self.fail(
+                    offset + 4, f"length {length} runs past the end of the enclosing data"
+                )
+            if kind is structure_kind:
+                # 9.1.1.4: the children SHALL exactly fill the Structure's length.
+                if length % 8:
+                    raise self.fail(start - 4, f"structure length {length} is not a multiple of 8")
+                if len(stack) >= max_depth:
+                    raise self.fail(offset, f"nesting deeper than {max_depth}")
+                stack.append((tag, end, []))
+                offset = start
+                continue
+            if end - start != length and data.count(0, start + length, end) != (
                     end - start - length):
                 self.bad_padding(start + length, end)
-            fixed = _FIXED.get(kind)
+            fixed = fixed_kinds.get(kind)
             value = self.fixed(kind, fixed, start, length) if fixed is not None else (
                 self.variable(kind, start, length))
-        return _trusted(tag, kind, value), end
+            item = _trusted(tag, kind, value)
+            offset = end
+            if not stack:
+                return self._finish(item, offset, size)
+            stack[-1][2].append(item)
 
-    def structure(self, start: int, length: int, end: int, depth: int) -> tuple[Item, ...]:
-        """9.1.1.4: the children SHALL exactly fill the Structure's length."""
-        if length % 8:
-            raise self.fail(start - 4, f"structure length {length} is not a multiple of 8")
-        if depth >= self.max_depth:
-            raise self.fail(start - HEADER_SIZE, f"nesting deeper than {self.max_depth}")
-        children: list[Item] = []
-        cursor = start
-        item = self.item
-        while cursor < end:
-            child, cursor = item(cursor, end, depth + 1)
-            children.append(child)
-        return tuple(children)
+    def _finish(self, item: Item, end: int, size: int) -> Item:
+        if end != size:
+            raise self.fail(end, f"{size - end} trailing bytes after the item")
+        return item
 
     def fixed(self, kind: ItemType, fixed: tuple[int, str], start: int,
               length: int) -> int | bool | datetime:
@@ -328,11 +354,7 @@ def decode(
     """
     if max_depth < 0 or max_depth > 256:
         raise KmipError("max_depth must be between 0 and 256")
-    decoder = _Decoder(bytes(data), max_depth=max_depth, max_items=max_items)
-    item, end = decoder.item(0, len(data), 0)
-    if end != len(data):
-        raise decoder.fail(end, f"{len(data) - end} trailing bytes after the item")
-    return item
+    return _Decoder(bytes(data), max_depth=max_depth, max_items=max_items).run()
 
 
 def decode_stream(
