@@ -16,6 +16,7 @@ against PyKMIP's server (tested in ``tests/kmip/test_client_pykmip_server.py``).
 
 from __future__ import annotations
 
+import functools
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
@@ -245,14 +246,9 @@ class KmipClient:
         ``attributes`` go into the Template-Attribute, so custom ``x-`` attributes are set
         "when the key server creates a key", as vCenter does for ``x-Vendor`` & co.
         """
-        template_attributes = [
-            attribute("Cryptographic Algorithm", CryptographicAlgorithm.AES),
-            attribute("Cryptographic Length", length),
-            attribute("Cryptographic Usage Mask", int(usage_mask)),
-            *named(name), *attribute_list(attributes),
-        ]
-        payload = self._call(Operation.CREATE, enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY),
-                             template(template_attributes))
+        extra = [*named(name), *attribute_list(attributes)]
+        payload = self._call(Operation.CREATE, _SYMMETRIC_KEY,
+                             _aes_template(length, int(usage_mask), tuple(extra)))
         return unique_identifier(payload)
 
     def register_symmetric_key(self, key: bytes, *, name: str | None = None,
@@ -407,3 +403,27 @@ def _payload(result: ResponseBatchItem, operation: int, uid: str | None) -> Item
         raise OperationFailed(operation=name, status=result.status, reason=result.reason,
                               message=result.message)
     return result.payload if result.payload is not None else structure(Tag.RESPONSE_PAYLOAD)
+
+
+_SYMMETRIC_KEY = enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY)
+
+
+def _aes_template(length: int, usage_mask: int, extra: tuple[Attribute, ...]) -> Item:
+    """The Template-Attribute of an AES Create; the common case is built once (items are
+    immutable), which matters to a client creating keys in a loop."""
+    if not extra:
+        return _plain_aes_template(length, usage_mask)
+    return template([*_plain_aes_attributes(length, usage_mask), *extra])
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_aes_template(length: int, usage_mask: int) -> Item:
+    return template(_plain_aes_attributes(length, usage_mask))
+
+
+def _plain_aes_attributes(length: int, usage_mask: int) -> list[Attribute]:
+    return [
+        attribute("Cryptographic Algorithm", CryptographicAlgorithm.AES),
+        attribute("Cryptographic Length", length),
+        attribute("Cryptographic Usage Mask", usage_mask),
+    ]
