@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.cli.conftest import Cli, Run, assert_one_line_error, parallel
+from vmcrypt.exceptions import EXIT_CODES
+
+PKI = EXIT_CODES["PkiError"]
 
 
 def ok(cli: Cli, *args: str | Path) -> Run:
@@ -86,12 +89,12 @@ def test_errors(cli: Cli) -> None:
         lambda: cli.run("pki", "issue", d, "ip", "--ip", "not-an-ip"),
     )
     missing_ca, again, key, nope, exists, bad_name, bad_ip = runs
-    assert_one_line_error(missing_ca, code=1, phrase="vmcrypt pki init")
+    assert_one_line_error(missing_ca, code=PKI, phrase="vmcrypt pki init")
     assert "empty/ca.pem" in missing_ca.err
-    assert_one_line_error(again, code=1, phrase="--force")
-    assert_one_line_error(key, code=1, phrase="is not a PEM certificate")
-    assert_one_line_error(nope, code=1, phrase="no such certificate file")
-    assert_one_line_error(exists, code=1, phrase="refusing to overwrite")
+    assert_one_line_error(again, code=PKI, phrase="--force")
+    assert_one_line_error(key, code=PKI, phrase="is not a PEM certificate")
+    assert_one_line_error(nope, code=PKI, phrase="no such certificate file")
+    assert_one_line_error(exists, code=PKI, phrase="refusing to overwrite")
     assert_one_line_error(bad_name, code=2, phrase="cannot name a certificate")
     assert_one_line_error(bad_ip, code=2, phrase="not an IP address")
     assert not (cli.cwd / "empty").exists()
