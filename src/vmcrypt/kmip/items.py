@@ -9,6 +9,7 @@ required field), so operation code never checks types by hand.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from vmcrypt.kmip.exceptions import MessageError
 from vmcrypt.kmip.tags import ResultReason, Tag
@@ -120,45 +121,32 @@ def _missing(tag: int, parent: Item) -> MessageError:
     )
 
 
-def get_text(parent: Item, tag: int, *, required: bool = True) -> str | None:
-    """A Text String child's value (``None`` when optional and absent)."""
-    child = _typed(find(parent, tag), tag, ItemType.TEXT_STRING, parent=parent)
+def _get(parent: Item, tag: int, kind: ItemType, python: type, required: bool) -> object:
+    """The value of the child ``tag`` of type ``kind``; None when optional and absent."""
+    child = _typed(find(parent, tag), tag, kind, parent=parent)
     if child is None:
         if required:
             raise _missing(tag, parent)
         return None
-    assert isinstance(child.value, str)
+    assert isinstance(child.value, python)
     return child.value
+
+
+def get_text(parent: Item, tag: int, *, required: bool = True) -> str | None:
+    """A Text String child's value (``None`` when optional and absent)."""
+    return cast("str | None", _get(parent, tag, ItemType.TEXT_STRING, str, required))
 
 
 def get_bytes(parent: Item, tag: int, *, required: bool = True) -> bytes | None:
     """A Byte String child's value."""
-    child = _typed(find(parent, tag), tag, ItemType.BYTE_STRING, parent=parent)
-    if child is None:
-        if required:
-            raise _missing(tag, parent)
-        return None
-    assert isinstance(child.value, bytes)
-    return child.value
+    return cast("bytes | None", _get(parent, tag, ItemType.BYTE_STRING, bytes, required))
 
 
 def get_int(parent: Item, tag: int, *, required: bool = True) -> int | None:
     """An Integer child's value."""
-    child = _typed(find(parent, tag), tag, ItemType.INTEGER, parent=parent)
-    if child is None:
-        if required:
-            raise _missing(tag, parent)
-        return None
-    assert isinstance(child.value, int)
-    return child.value
+    return cast("int | None", _get(parent, tag, ItemType.INTEGER, int, required))
 
 
 def get_enum(parent: Item, tag: int, *, required: bool = True) -> int | None:
     """An Enumeration child's value (the caller maps it to its IntEnum)."""
-    child = _typed(find(parent, tag), tag, ItemType.ENUMERATION, parent=parent)
-    if child is None:
-        if required:
-            raise _missing(tag, parent)
-        return None
-    assert isinstance(child.value, int)
-    return child.value
+    return cast("int | None", _get(parent, tag, ItemType.ENUMERATION, int, required))
