@@ -7,7 +7,7 @@ was wrong and what would work, and never contain key material.
 
 from __future__ import annotations
 
-from vmcrypt.kmip.exceptions import KmipError
+from vmcrypt.kmip.exceptions import KmipError, MessageError
 from vmcrypt.kmip.tags import ResultReason
 
 __all__ = ["KmsError", "MasterKeyError", "OperationError", "item_not_found"]
@@ -21,12 +21,12 @@ class MasterKeyError(KmsError):
     """The master key is missing, malformed, too widely readable, or not the right one."""
 
 
-class OperationError(KmipError):
-    """A KMIP operation failed for a reason the client should be told."""
+class OperationError(MessageError):
+    """A KMIP operation failed for a reason the client should be told.
 
-    def __init__(self, reason: ResultReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    Like a :class:`~vmcrypt.kmip.exceptions.MessageError` it carries the Result Reason;
+    it says the request was well-formed but could not be carried out.
+    """
 
 
 def item_not_found(uid: str) -> OperationError:
