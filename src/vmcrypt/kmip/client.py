@@ -25,7 +25,7 @@ from types import TracebackType
 
 from vmcrypt.kmip.attributes import Attribute, attribute
 from vmcrypt.kmip.connection import Connection, StaleConnection
-from vmcrypt.kmip.exceptions import KmipError, MessageError, OperationFailed
+from vmcrypt.kmip.exceptions import ItemFailed, KmipError, MessageError, OperationFailed
 from vmcrypt.kmip.items import (
     enum,
     find,
@@ -92,23 +92,6 @@ MAX_RESPONSE_SIZE = 16 << 20
 MAX_BATCH_RESPONSE_SIZE = 64 << 20
 #: Requests stay below this; vmcrypt's server refuses larger ones by default (1 MiB).
 MAX_REQUEST_SIZE = (1 << 20) - 4096
-
-
-class ItemFailed(OperationFailed):
-    """An operation on one named object failed; ``uid`` is that object's identifier.
-
-    A subclass so callers that catch :class:`OperationFailed` keep working, while those
-    that batch (``get_keys``) can tell which key it was without parsing the message.
-    """
-
-    def __init__(self, *, uid: str, operation: str, status: ResultStatus,
-                 reason: ResultReason | int | None, message: str | None) -> None:
-        self.uid = uid
-        server_message = message or "no message"
-        if repr(uid) not in server_message:
-            server_message = f"{server_message} (Unique Identifier {uid!r})"
-        super().__init__(operation=operation, status=status, reason=reason,
-                         message=server_message)
 
 
 @dataclass(frozen=True)

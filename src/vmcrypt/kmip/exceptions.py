@@ -9,7 +9,8 @@
         ├── kmip.MessageError       — well-formed TTLV that is not a valid KMIP message
         │                             or payload; carries the Result Reason to answer with
         ├── kmip.OperationFailed    — the server answered a batch item with a failure:
-        │                             its Result Status, Result Reason and Result Message
+        │   │                         its Result Status, Result Reason and Result Message
+        │   └── kmip.ItemFailed     — … about one named object (``uid`` says which)
         └── kmip.KmipConnectionError — the server could not be reached, the TLS handshake
                                       failed, or the connection broke or timed out
 
@@ -24,6 +25,7 @@ from vmcrypt.exceptions import VmcryptError
 from vmcrypt.kmip.tags import ResultReason, ResultStatus
 
 __all__ = [
+    "ItemFailed",
     "KmipConnectionError",
     "KmipError",
     "MessageError",
@@ -68,6 +70,23 @@ class OperationFailed(KmipError):
             else f"reason {reason}"
         )
         super().__init__(f"KMIP {operation} failed: {reason_name}: {message or 'no message'}")
+
+
+class ItemFailed(OperationFailed):
+    """An operation on one named object failed; ``uid`` is that object's identifier.
+
+    A subclass so callers that catch :class:`OperationFailed` keep working, while those
+    that batch (``get_keys``) can tell which key it was without parsing the message.
+    """
+
+    def __init__(self, *, uid: str, operation: str, status: ResultStatus,
+                 reason: ResultReason | int | None, message: str | None) -> None:
+        self.uid = uid
+        server_message = message or "no message"
+        if repr(uid) not in server_message:
+            server_message = f"{server_message} (Unique Identifier {uid!r})"
+        super().__init__(operation=operation, status=status, reason=reason,
+                         message=server_message)
 
 
 class KmipConnectionError(KmipError):
