@@ -1,0 +1,1 @@
+"""Revisions, oldest first; each written by hand and reviewed, never generated at start."""
