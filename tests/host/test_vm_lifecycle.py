@@ -187,3 +187,21 @@ def test_delete_keeps_kek_another_vm_uses(
     assert read_vm(ds, cache, b.instance_uuid).name == "b"
     delete_vm(ds, cache, b.instance_uuid)
     assert not cache.has(KMS, "key-1")
+
+
+def test_failed_create_leaves_nothing(
+    ds: Datastore, cache: KeyCache, std_key: KeySpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = container.create_encrypted
+    calls = []
+
+    def fail_second(*args: object, **kwargs: object) -> container.Disk:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(container, "create_encrypted", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        create_vm(ds, cache, name="x", disk_sizes=[MIB, MIB], key=std_key)
+    assert list(ds.root.iterdir()) == []

@@ -292,7 +292,7 @@ class Datastore:
         apart — the shape of two hosts on one shared folder.
         """
         folder = self.vm_dir(vm_id)
-        if not (folder / CONFIG_NAME).exists() and not folder.is_dir():
+        if not folder.is_dir():
             raise VmNotFound(f"no VM {vm_id} on datastore {self.root}")
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from vmcrypt.crypto.aead import seal, unseal
 from vmcrypt.crypto.keysafe import KeySafe, open_keysafe, seal_keysafe
 from vmcrypt.disk import container
-from vmcrypt.host.datastore import BLOB_ROLES, Datastore, DiskRecord, KeyFacts, VmRecord
+from vmcrypt.host.datastore import Datastore, DiskRecord, KeyFacts, VmRecord
 from vmcrypt.host.exceptions import NotEncrypted
 from vmcrypt.host.keycache import KeyCache
 from vmcrypt.providers.base import KekRef
@@ -27,7 +27,6 @@ __all__ = [
     "KeySpec",
     "Progress",
     "blob_ad",
-    "check_roles",
     "config_blob",
     "disk_encrypted",
     "disk_keysafe",
@@ -138,13 +137,6 @@ def plain_blobs(cache: KeyCache, record: VmRecord) -> dict[str, bytes]:
 def config_blob(extra_config: dict[str, str]) -> bytes:
     """The sensitive part of a VM config, as stored (sealed when the home is)."""
     return json.dumps(extra_config, sort_keys=True).encode()
-
-
-def check_roles(blobs: dict[str, bytes]) -> None:
-    """Only known roles may be stored (each role has its own associated data)."""
-    unknown = set(blobs) - set(BLOB_ROLES)
-    if unknown:
-        raise ValueError(f"unknown VM home blob roles {sorted(unknown)}")
 
 
 def disk_encrypted(ds: Datastore, vm_id: str, disk: DiskRecord) -> bool:
