@@ -17,9 +17,12 @@
     ├── kmip.KmipError           — the KMIP protocol: bad TTLV or message, a failure
     │   │                          answer, an unreachable server (vmcrypt.kmip.exceptions)
     │   └── kms.KmsError         — the key server cannot start: configuration, master key
-    └── providers.ProviderError  — a key provider could not deliver a KEK: the key server
-                                   is unreachable, the key is missing, a native backup is
-                                   invalid or missing (vmcrypt.providers.exceptions)
+    ├── providers.ProviderError  — a key provider could not deliver a KEK: the key server
+    │                              is unreachable, the key is missing, a native backup is
+    │                              invalid or missing (vmcrypt.providers.exceptions)
+    └── host.HostError           — a host operation on a VM: key not on this host, a
+                                   refused order (decrypt disks before home), a busy VM
+                                   (vmcrypt.host.exceptions)
 
 User mistakes and internal failures stay distinct all the way up: the CLI maps each class
 to an exit code (see ``EXIT_CODES``) and prints the message, which always says what
@@ -62,6 +65,10 @@ EXIT_CODES: dict[str, int] = {
     "KeyMissing": 18,
     "NotBackedUp": 19,
     "BackupError": 20,
+    "HostError": 21,
+    "KeyNotOnHost": 22,
+    "StateError": 23,
+    "VmBusy": 24,
 }
 
 
