@@ -126,3 +126,36 @@ def test_rekey_replaces_the_record_and_foreign_disks_are_not_found(session: Sess
     with pytest.raises(NotFound):
         repo.record_encryption(session, vm_id=vm_id, disk_id=disk_id + 100,
                                key_provider_id=kmip.id, key_id="k")
+
+
+def test_key_ids_a_host_needs_after_a_restart(session: Session) -> None:
+    cluster = repo.create_cluster(session, name="prod")
+    hosts = [
+        repo.create_host(session, name=f"esx-{n}", cluster_id=cluster.id,
+                         hardware_uuid=f"00000000-0000-0000-0000-00000000010{n}")
+        for n in (1, 2)
+    ]
+    alone = repo.create_host(session, name="esx-3",
+                             hardware_uuid="00000000-0000-0000-0000-000000000103")
+    shared = repo.create_datastore(session, name="shared", path="/s", cluster_id=cluster.id)
+    local = repo.create_datastore(session, name="local", path="/l", host_id=alone.id)
+    kmip = repo.create_key_provider(session, name="kmip", kind=ProviderKind.STANDARD)
+    native = repo.create_key_provider(session, name="nkp", kind=ProviderKind.NATIVE,
+                                      sealed_primary_key=b"sealed")
+    in_cluster = repo.create_vm(session, name="a", datastore_id=shared.id, host_id=hosts[0].id)
+    disk = repo.add_disk(session, vm_id=in_cluster.id, size_bytes=4096)
+    repo.record_encryption(session, vm_id=in_cluster.id, key_provider_id=kmip.id, key_id="k-a")
+    repo.record_encryption(session, vm_id=in_cluster.id, disk_id=disk.id,
+                           key_provider_id=kmip.id, key_id="k-a")
+    on_alone = repo.create_vm(session, name="b", datastore_id=local.id, host_id=alone.id)
+    repo.record_encryption(session, vm_id=on_alone.id, key_provider_id=kmip.id, key_id="k-b")
+    nat = repo.create_vm(session, name="c", datastore_id=shared.id, host_id=hosts[1].id)
+    repo.record_encryption(session, vm_id=nat.id, key_provider_id=native.id, wrapped_kek=b"w")
+    gone = repo.create_vm(session, name="d", datastore_id=shared.id, host_id=hosts[1].id)
+    repo.record_encryption(session, vm_id=gone.id, key_provider_id=kmip.id, key_id="k-d")
+    repo.set_registration(session, vm_id=gone.id, host_id=None)
+
+    # Both cluster hosts need the cluster's KEK, whichever host the VM runs on.
+    for host in hosts:
+        assert repo.key_ids_for_host(session, host_id=host.id) == [("kmip", "k-a")]
+    assert repo.key_ids_for_host(session, host_id=alone.id) == [("kmip", "k-b")]

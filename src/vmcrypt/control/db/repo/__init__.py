@@ -35,6 +35,13 @@ from vmcrypt.control.db.repo.inventory import (
     set_lock_state,
     set_registration,
 )
+from vmcrypt.control.db.repo.jobs import (
+    create_job,
+    finish_job,
+    list_jobs,
+    report_progress,
+    request_cancel,
+)
 from vmcrypt.control.db.repo.keys import (
     add_kms_server,
     clear_encryption,
@@ -42,6 +49,7 @@ from vmcrypt.control.db.repo.keys import (
     create_storage_policy,
     default_provider,
     encryption_records,
+    key_ids_for_host,
     record_encryption,
     set_default_provider,
 )
@@ -57,6 +65,7 @@ __all__ = [
     "create_cluster",
     "create_datastore",
     "create_host",
+    "create_job",
     "create_key_provider",
     "create_role",
     "create_storage_policy",
@@ -65,12 +74,17 @@ __all__ = [
     "default_provider",
     "encryption_records",
     "enroll_host",
+    "finish_job",
     "has_privilege",
     "issue_token",
+    "key_ids_for_host",
     "list_events",
+    "list_jobs",
     "list_vms",
     "privileges_of",
     "record_encryption",
+    "report_progress",
+    "request_cancel",
     "require_privilege",
     "revoke_token",
     "set_connection_state",

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from vmcrypt.control.db.models import (
     ComponentKind,
     EncryptionRecord,
+    Host,
     KeyProvider,
     KmsServer,
     ProviderKind,
@@ -31,6 +32,7 @@ __all__ = [
     "create_storage_policy",
     "default_provider",
     "encryption_records",
+    "key_ids_for_host",
     "record_encryption",
     "set_default_provider",
 ]
@@ -195,6 +197,30 @@ def encryption_records(session: Session, *, vm_id: int) -> list[EncryptionRecord
         .order_by(EncryptionRecord.disk_id.is_not(None), EncryptionRecord.disk_id)
     )
     return list(session.scalars(query))
+
+
+def key_ids_for_host(session: Session, *, host_id: int) -> list[tuple[str, str]]:
+    """``(provider name, key ID)`` of every standard KEK the host must hold.
+
+    That is the KEKs of the VMs registered on the host and, when the host is in a
+    cluster, of every VM of the cluster (the control plane pushes a KEK to each host
+    of the cluster). Native and trusted KEKs are absent: hosts open those themselves.
+    After a host restart the control plane fetches these by ID and pushes them again.
+    """
+    host = fetch(session, Host, host_id)
+    on_host = VirtualMachine.host_id == host_id
+    where = on_host if host.cluster_id is None else (
+        on_host | (VirtualMachine.cluster_id == host.cluster_id)
+    )
+    query = (
+        select(KeyProvider.name, EncryptionRecord.key_id)
+        .join(EncryptionRecord.provider)
+        .join(VirtualMachine, VirtualMachine.id == EncryptionRecord.vm_id)
+        .where(where, VirtualMachine.registered, EncryptionRecord.key_id.is_not(None))
+        .distinct()
+        .order_by(KeyProvider.name, EncryptionRecord.key_id)
+    )
+    return [(name, key_id) for name, key_id in session.execute(query) if key_id is not None]
 
 
 def _disk_of(session: Session, vm: VirtualMachine, disk_id: int | None) -> VirtualDisk | None:

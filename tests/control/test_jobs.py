@@ -1,0 +1,59 @@
+"""Jobs: progress, cancellation requests, final states."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import Session
+
+from vmcrypt.control.db import repo
+from vmcrypt.control.db.models import JobState
+from vmcrypt.control.exceptions import Conflict, NotFound
+from vmcrypt.exceptions import UsageError
+
+T0 = datetime(2026, 2, 2, tzinfo=UTC)
+
+
+def test_progress_then_success(session: Session) -> None:
+    job = repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=7,
+                          user_name="alice", bytes_total=4096)
+    assert (job.state, job.progress_percent) == (JobState.QUEUED, 0.0)
+    repo.report_progress(session, job_id=job.id, bytes_done=1024,
+                         rate_bytes_per_second=512.0, at=T0)
+    assert (job.state, job.started_at, job.progress_percent) == (JobState.RUNNING, T0, 25.0)
+    repo.finish_job(session, job_id=job.id, state=JobState.SUCCEEDED)
+    assert job.progress_percent == 100.0
+    with pytest.raises(Conflict):
+        repo.report_progress(session, job_id=job.id, bytes_done=4096)
+    with pytest.raises(UsageError):
+        repo.report_progress(
+            session,
+            job_id=repo.create_job(session, type="t", target_type="vm", target_id=1,
+                                   bytes_total=10).id,
+            bytes_done=11,
+        )
+
+
+def test_cancel_is_a_request_the_worker_sees(session: Session) -> None:
+    job = repo.create_job(session, type="disk.rekey", target_type="disk", target_id=3)
+    repo.request_cancel(session, job_id=job.id)
+    assert repo.report_progress(session, job_id=job.id, bytes_done=0).cancel_requested
+    repo.finish_job(session, job_id=job.id, state=JobState.CANCELLED)
+    with pytest.raises(Conflict):
+        repo.request_cancel(session, job_id=job.id)
+
+
+def test_failures_carry_their_error_and_listing_filters(session: Session) -> None:
+    failed = repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=1)
+    with pytest.raises(UsageError):
+        repo.finish_job(session, job_id=failed.id, state=JobState.FAILED)
+    with pytest.raises(UsageError):
+        repo.finish_job(session, job_id=failed.id, state=JobState.RUNNING)
+    repo.finish_job(session, job_id=failed.id, state=JobState.FAILED, error="KMS unreachable")
+    queued = repo.create_job(session, type="vm.clone", target_type="vm", target_id=2)
+    assert [j.id for j in repo.list_jobs(session)] == [queued.id, failed.id]
+    assert [j.id for j in repo.list_jobs(session, state=JobState.FAILED)] == [failed.id]
+    assert [j.id for j in repo.list_jobs(session, target_type="vm", target_id=2)] == [queued.id]
+    with pytest.raises(NotFound):
+        repo.request_cancel(session, job_id=999)
