@@ -20,9 +20,11 @@
     ├── providers.ProviderError  — a key provider could not deliver a KEK: the key server
     │                              is unreachable, the key is missing, a native backup is
     │                              invalid or missing (vmcrypt.providers.exceptions)
-    └── host.HostError           — a host operation on a VM: key not on this host, a
-                                   refused order (decrypt disks before home), a busy VM
-                                   (vmcrypt.host.exceptions)
+    ├── host.HostError           — a host operation on a VM: key not on this host, a
+    │                              refused order (decrypt disks before home), a busy VM
+    │                              (vmcrypt.host.exceptions)
+    └── control.ControlError     — the control plane: not found, conflict, permission
+                                   denied, authentication failed (vmcrypt.control.exceptions)
 
 User mistakes and internal failures stay distinct all the way up: the CLI maps each class
 to an exit code (see ``EXIT_CODES``) and prints the message, which always says what
@@ -69,6 +71,11 @@ EXIT_CODES: dict[str, int] = {
     "KeyNotOnHost": 22,
     "StateError": 23,
     "VmBusy": 24,
+    "ControlError": 25,
+    "NotFound": 26,
+    "Conflict": 27,
+    "PermissionDenied": 28,
+    "AuthenticationFailed": 29,
 }
 
 
