@@ -43,6 +43,9 @@ class KeyProvider(Base):
     #: Native only: the primary key **sealed** under the master key, produced by
     #: :meth:`vmcrypt.providers.native.NativeKeyProvider.to_record`; never plaintext.
     sealed_primary_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: Native only: the primary key's public fingerprint, which ``from_record`` checks
+    #: the unsealed key against (see ``providers.backup.key_fingerprint``).
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
     backed_up: Mapped[bool] = mapped_column(default=False)
     backup_acknowledged: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=now)

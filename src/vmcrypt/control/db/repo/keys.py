@@ -44,14 +44,22 @@ def create_key_provider(
     name: str,
     kind: ProviderKind,
     sealed_primary_key: bytes | None = None,
+    fingerprint: str | None = None,
     is_default: bool = False,
 ) -> KeyProvider:
-    """A key provider; a native one must come with its primary key already sealed."""
+    """A key provider; a native one must come with its primary key already sealed.
+
+    ``fingerprint`` (native only) is the key's public fingerprint, needed to load the
+    provider again with ``NativeKeyProvider.from_record``.
+    """
     if (kind is ProviderKind.NATIVE) != (sealed_primary_key is not None):
         raise UsageError("a native provider needs its sealed primary key; others have none")
+    if fingerprint is not None and kind is not ProviderKind.NATIVE:
+        raise UsageError("only a native provider has a primary key fingerprint")
     provider = insert(
         session,
-        KeyProvider(name=name, kind=kind, sealed_primary_key=sealed_primary_key),
+        KeyProvider(name=name, kind=kind, sealed_primary_key=sealed_primary_key,
+                    fingerprint=fingerprint),
         what=f"key provider {name!r}",
     )
     if is_default:
