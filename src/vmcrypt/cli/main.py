@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from vmcrypt import __version__
 from vmcrypt.cli.disk import app as disk_app
+from vmcrypt.cli.host import app as host_app
 from vmcrypt.cli.kms import app as kms_app
 from vmcrypt.cli.output import err
 from vmcrypt.cli.pki import app as pki_app
@@ -32,6 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(disk_app, name="disk")
+app.add_typer(host_app, name="host")
 app.add_typer(kms_app, name="kms")
 app.add_typer(pki_app, name="pki")
 

@@ -1,0 +1,133 @@
+"""``vmcrypt host …``: run a host agent (the ESXi role) over a datastore folder.
+
+The agent holds KEKs in memory only and does the cryptography on VM data; the control
+plane is its only client, over mutual TLS. See ``docs/host.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import ssl
+import sys
+import uuid
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from vmcrypt.exceptions import UsageError
+
+__all__ = ["app", "serve"]
+
+app = typer.Typer(
+    help="The host agent: KEKs in memory, VM homes and disks encrypted on a datastore.",
+    no_args_is_help=True,
+)
+
+
+def _configure_logging(log_level: str) -> None:
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise UsageError(f"--log-level {log_level!r}: use debug, info, warning or error")
+    # A server logs with timestamps at the level asked, not the CLI's one-line warnings.
+    logger = logging.getLogger("vmcrypt")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@app.command()
+def serve(
+    datastore: Annotated[
+        Path, typer.Option("--datastore", help="Datastore folder (created if missing).")
+    ],
+    cert: Annotated[Path, typer.Option("--cert", help="This host's server certificate (PEM).")],
+    key: Annotated[Path, typer.Option("--key", help="Its private key (PEM).")],
+    ca: Annotated[
+        Path, typer.Option("--ca", help="CA certificate that signs the control plane's.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Host name.")] = "",
+    hardware_uuid: Annotated[
+        str | None,
+        typer.Option("--hardware-uuid", help="Hardware UUID (default: a new random one)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="TCP port; 0 picks a free one.")
+    ] = 8443,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = "info",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the 'listening' line as JSON for scripts.")
+    ] = False,
+) -> None:
+    """Run the host agent until interrupted (Ctrl-C or SIGTERM).
+
+    It starts with no keys: the control plane pushes KEKs (and native primary keys)
+    after it connects. Clients must present a certificate signed by --ca.
+    """
+    import uvicorn
+
+    from vmcrypt.host.api import HostState, create_app
+    from vmcrypt.host.datastore import Datastore
+    from vmcrypt.pki.tls import server_context
+
+    _configure_logging(log_level)
+    try:
+        hw = str(uuid.UUID(hardware_uuid)) if hardware_uuid else str(uuid.uuid4())
+    except ValueError:
+        raise UsageError(f"--hardware-uuid {hardware_uuid!r} is not a UUID") from None
+    # Checked here for a clear message naming the bad file; uvicorn loads them again.
+    server_context(cert_file=cert, key_file=key, ca_file=ca)
+    datastore.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = HostState(name=name or socket.gethostname(), hardware_uuid=hw,
+                      datastore=Datastore(datastore))
+    config = uvicorn.Config(
+        create_app(state),
+        log_config=None,
+        log_level=log_level.lower(),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+        ssl_ca_certs=str(ca),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    # Bound (and listening) before the line is printed, so a script may connect at once.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    bound_host, bound_port = sock.getsockname()[:2]
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles the signal while serving and re-raises it afterwards: landing
+        # here then means a clean shutdown already happened, so exit 0.
+        logging.getLogger("vmcrypt.host").info("signal %d: shutting down", signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if json_output:
+        sys.stdout.write(json.dumps({"event": "listening", "host": bound_host,
+                                     "port": bound_port, "name": state.name,
+                                     "hardware_uuid": hw}) + "\n")
+    else:
+        sys.stdout.write(f"vmcrypt host {state.name}: listening on https://{bound_host}:"
+                         f"{bound_port} (mutual TLS, clients signed by {ca})\n")
+    sys.stdout.flush()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        state.jobs.stop_all()
+        sock.close()
