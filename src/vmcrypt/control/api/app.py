@@ -1,0 +1,46 @@
+"""The control plane's REST API: :func:`create_app` builds it around an open database.
+
+Everything lives under ``/api/v1``; the OpenAPI document is ``/api/v1/openapi.json``
+and the interactive docs ``/api/v1/docs``. The app keeps no state of its own beyond
+the database handle and the master key (``app.state``), so several replicas can serve
+one database.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import FastAPI
+
+from vmcrypt.control.api.errors import install_error_handlers
+from vmcrypt.control.api.routers import ROUTERS
+from vmcrypt.control.db.engine import Database
+from vmcrypt.crypto.keys import AEAD_KEY_SIZE
+from vmcrypt.exceptions import UsageError
+
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX: Final = "/api/v1"
+
+
+def create_app(database: Database, *, master_key: bytes) -> FastAPI:
+    """The API app over ``database``; ``master_key`` seals native primary keys.
+
+    ``master_key`` is the control plane's 32-byte master key. It is a parameter for
+    now; the settings of ``vmcrypt control serve`` will load it from its key file.
+    """
+    if len(master_key) != AEAD_KEY_SIZE:
+        raise UsageError(f"the control plane master key is {AEAD_KEY_SIZE} bytes")
+    app = FastAPI(
+        title="vmcrypt control plane",
+        version="1",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.database = database
+    app.state.master_key = bytes(master_key)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    return app

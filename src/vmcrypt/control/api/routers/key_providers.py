@@ -1,0 +1,200 @@
+"""``/key-providers``: standard (KMIP) and native providers, the default, backups.
+
+A standard provider is stored with its KMS servers' public material only. A native
+provider's 256-bit primary key is generated here by
+:class:`~vmcrypt.providers.NativeKeyProvider` and stored only **sealed** under the
+control plane's master key; no response, event or log line carries it — except the
+password-protected ``.p12`` backup, which exists to carry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from vmcrypt.control.api.deps import AuditedRoute, SessionDep, requires
+from vmcrypt.control.api.schemas import (
+    BackupInfoPublic,
+    BackupRequest,
+    KeyProviderPublic,
+    NativeProviderCreate,
+    RestoreRequest,
+    StandardProviderCreate,
+)
+from vmcrypt.control.db.models import KeyProvider, ProviderKind
+from vmcrypt.control.db.repo import add_kms_server, create_key_provider, set_default_provider
+from vmcrypt.control.db.repo._common import fetch
+from vmcrypt.control.exceptions import Conflict
+from vmcrypt.control.privileges import CRYPTO_MANAGE_KEY_SERVERS, SYSTEM_READ
+from vmcrypt.exceptions import UsageError
+from vmcrypt.providers import NativeKeyProvider
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/key-providers", tags=["key providers"], route_class=AuditedRoute)
+_MANAGE = requires(CRYPTO_MANAGE_KEY_SERVERS)
+_P12 = "application/x-pkcs12"
+
+
+def master_key(request: Request) -> bytes:
+    """The control plane's master key, which seals native primary keys."""
+    key: bytes = request.app.state.master_key
+    return key
+
+
+MasterKey = Annotated[bytes, Depends(master_key)]
+
+
+@router.post("/standard", status_code=201, dependencies=[_MANAGE])
+def create_standard(body: StandardProviderCreate, session: SessionDep) -> KeyProviderPublic:
+    """Add a standard provider and its KMS servers, tried in the order given."""
+    provider = create_key_provider(
+        session, name=body.name, kind=ProviderKind.STANDARD, is_default=body.is_default
+    )
+    for server in body.kms_servers:
+        add_kms_server(
+            session, provider_id=provider.id, name=server.name, address=server.address,
+            port=server.port, ca_pem=server.ca_pem, client_cert_pem=server.client_cert_pem,
+            client_key_path=server.client_key_path,
+        )
+    return KeyProviderPublic.model_validate(provider)
+
+
+@router.post("/native", status_code=201, dependencies=[_MANAGE])
+def create_native(
+    body: NativeProviderCreate, session: SessionDep, sealing_key: MasterKey
+) -> KeyProviderPublic:
+    """Add a native provider: a fresh primary key, stored sealed under the master key.
+
+    Like vSphere's, it is unusable until backed up (``POST …/backup``) or until the
+    administrator acknowledges the risk.
+    """
+    native = NativeKeyProvider.create(body.name, sealing_key=sealing_key)
+    return KeyProviderPublic.model_validate(
+        _store_native(session, native, is_default=body.is_default)
+    )
+
+
+@router.get("", dependencies=[requires(SYSTEM_READ)])
+def list_all(session: SessionDep) -> list[KeyProviderPublic]:
+    """Every key provider with its KMS servers, oldest first."""
+    query = select(KeyProvider).options(selectinload(KeyProvider.kms_servers))
+    rows = session.scalars(query.order_by(KeyProvider.id))
+    return [KeyProviderPublic.model_validate(row) for row in rows]
+
+
+@router.get("/{provider_id}", dependencies=[requires(SYSTEM_READ)])
+def get(provider_id: int, session: SessionDep) -> KeyProviderPublic:
+    """One key provider with its KMS servers."""
+    return KeyProviderPublic.model_validate(fetch(session, KeyProvider, provider_id))
+
+
+@router.post("/{provider_id}/default", dependencies=[_MANAGE])
+def make_default(provider_id: int, session: SessionDep) -> KeyProviderPublic:
+    """Make this provider the default (used by encryption policies that name none)."""
+    return KeyProviderPublic.model_validate(set_default_provider(session, provider_id=provider_id))
+
+
+@router.delete("/{provider_id}", status_code=204, dependencies=[_MANAGE])
+def delete(provider_id: int, session: SessionDep) -> Response:
+    """Remove a provider that no storage policy or encrypted component uses."""
+    provider = fetch(session, KeyProvider, provider_id)
+    try:
+        with session.begin_nested():
+            session.delete(provider)
+    except IntegrityError as exc:
+        raise Conflict(
+            f"key provider {provider.name!r} is still used by a storage policy or an "
+            "encrypted VM or disk: change those first"
+        ) from exc
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{provider_id}/backup", dependencies=[_MANAGE],
+    response_class=Response,
+    responses={200: {"content": {_P12: {}}, "description": "the .p12 backup"}},
+)
+def backup(
+    provider_id: int, body: BackupRequest, session: SessionDep, sealing_key: MasterKey
+) -> Response:
+    """Export a native provider's primary key as a password-protected ``.p12``.
+
+    The one response that carries the key, under the caller's password; it marks the
+    provider backed up, as vSphere does, since the file's fate is out of our sight.
+    """
+    row = fetch(session, KeyProvider, provider_id)
+    native = _load_native(row, sealing_key)
+    data = native.export_backup(body.password)
+    row.backed_up = native.backed_up
+    session.flush()
+    return Response(
+        content=data, media_type=_P12,
+        headers={"Content-Disposition": f'attachment; filename="{_filename(row.name)}.p12"'},
+    )
+
+
+@router.post("/restore", dependencies=[_MANAGE])
+def restore(
+    body: RestoreRequest, session: SessionDep, sealing_key: MasterKey
+) -> KeyProviderPublic | BackupInfoPublic:
+    """Re-create a native provider from its backup; ``dry_run`` only checks the file.
+
+    A dry run opens the file with the password and reports the provider ID,
+    fingerprint and creation time it holds, changing nothing — so an operator can
+    confirm the right file before restoring. A provider of that name must not exist.
+    """
+    data = _decode_backup(body.backup)
+    if body.dry_run:
+        info = NativeKeyProvider.restore(
+            data, body.password, sealing_key=sealing_key, dry_run=True
+        )
+        return BackupInfoPublic(
+            provider_id=info.provider_id, fingerprint=info.fingerprint,
+            created_at=info.created_at,
+        )
+    native = NativeKeyProvider.restore(data, body.password, sealing_key=sealing_key)
+    return KeyProviderPublic.model_validate(_store_native(session, native, is_default=False))
+
+
+def _store_native(session: Session, native: NativeKeyProvider, *, is_default: bool) -> KeyProvider:
+    record = native.to_record()
+    provider = create_key_provider(
+        session, name=native.provider_id, kind=ProviderKind.NATIVE,
+        sealed_primary_key=base64.b64decode(record["sealed_primary_key"]),
+        fingerprint=native.fingerprint, is_default=is_default,
+    )
+    provider.created_at = native.created_at
+    provider.backed_up = native.backed_up
+    provider.backup_acknowledged = native.backup_acknowledged
+    session.flush()
+    return provider
+
+
+def _load_native(row: KeyProvider, sealing_key: bytes) -> NativeKeyProvider:
+    if row.kind is not ProviderKind.NATIVE or row.sealed_primary_key is None:
+        raise UsageError(f"key provider {row.name!r} is {row.kind}: only native ones back up")
+    record = {
+        "version": 1, "kind": "native", "provider_id": row.name,
+        "sealed_primary_key": base64.b64encode(row.sealed_primary_key).decode("ascii"),
+        "fingerprint": row.fingerprint, "created_at": row.created_at.isoformat(),
+        "backed_up": row.backed_up, "backup_acknowledged": row.backup_acknowledged,
+    }
+    return NativeKeyProvider.from_record(record, sealing_key=sealing_key)
+
+
+def _filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "provider"
+
+
+def _decode_backup(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("backup must be the base64 of a .p12 file") from None
