@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from vmcrypt.disk.exceptions import ConversionCancelled
-from vmcrypt.host.api import Job, JobTable
+from vmcrypt.host.api import HostState, Job, JobTable
 from vmcrypt.host.api.runner import Work
 from vmcrypt.host.exceptions import VmBusy
 from vmcrypt.host.vm import Progress
@@ -85,3 +85,20 @@ async def test_cancel_route(client: httpx.AsyncClient) -> None:
     r = await client.post("/jobs/nope/cancel")
     assert r.status_code == 404
     assert (await client.get("/jobs")).json() == []
+
+
+@pytest.mark.anyio
+async def test_cancel_a_running_job_through_the_api(client: httpx.AsyncClient,
+                                                    state: HostState) -> None:
+    started = threading.Event()
+    job = state.jobs.start("encrypt-disk", VM, _blocking(started))
+    assert started.wait(5)
+    r = await client.get(f"/jobs/{job.id}")
+    assert r.json()["state"] == "running"
+    assert (r.json()["percent"], r.json()["bytes_done"]) == (25.0, 50)
+    r = await client.post(f"/jobs/{job.id}/cancel")
+    assert r.status_code == 202
+    assert _until_done(job).state == "cancelled"
+    body = (await client.get(f"/jobs/{job.id}")).json()
+    assert body["error"]["error"] == "cancelled"
+    assert body["finished_at"] is not None
