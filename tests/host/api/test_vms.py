@@ -180,3 +180,13 @@ async def test_add_disk_unregister_delete(client: httpx.AsyncClient, state: Host
     assert (await client.delete(url)).status_code == 204
     assert state.datastore.vm_ids() == []
     assert (await client.delete(url)).status_code == 404
+
+
+async def test_deep_rekey_without_the_current_kek_is_409(client: httpx.AsyncClient,
+                                                         state: HostState, kek: bytes) -> None:
+    await push(client, kek)
+    vm = await create(client)
+    state.cache.remove_kek(KMS, "key-1")
+    r = await client.post(f"/vms/{vm['id']}/rekey", json={"mode": "deep"})
+    assert (r.status_code, r.json()["error"]) == (409, "key_not_on_host")
+    assert state.jobs.all() == []

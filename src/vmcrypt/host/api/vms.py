@@ -246,6 +246,13 @@ def rekey(
             raise VmBusy(f"VM {vm_id} has a job running; wait for it, then re-key")
         shallow_rekey(ds, cache, vm_id, key=spec, home=body.home, disks=body.disks)
         return vm_public(cache, ds.read(vm_id))
+    # The current keys open the old DEKs: a missing one is a 409 now, not a failed job.
+    if body.home:
+        _need_facts(state, _home(record))
+    wanted = set(body.disks) if body.disks is not None else {d.index for d in record.disks}
+    for disk in record.disks:
+        if disk.index in wanted:
+            _need_facts(state, disk.encryption)
     response.status_code = 202
     home, disks = body.home, body.disks
     return _accepted(
