@@ -160,11 +160,13 @@ def _audit(
     principal: Principal | None = getattr(request.state, "principal", None)
     user = principal.user_name if principal is not None else None
     result = "succeeded" if status < 400 else "failed"
+    object_type = _object_type(request)
+    operation = f"{object_type}.{operation}"  # e.g. "key-providers.backup"
     append_event(
         session,
         type=AUDIT_EVENT_TYPE,
         severity=Severity.INFO if result == "succeeded" else Severity.WARNING,
-        object_type=_object_type(request),
+        object_type=object_type,
         object_id=object_id,
         user_name=user,
         message=f"{operation} {result} (HTTP {status}) by {user or 'an unauthenticated caller'}",
