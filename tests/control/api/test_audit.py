@@ -80,6 +80,8 @@ async def test_audit_fails_closed(app: FastAPI, tokens: dict[str, str],
         response = await client.post(f"{API}/clusters", json={"name": "x"},
                                      headers=auth(tokens["admin"]))
         assert response.status_code == 500
+        assert response.json()["error"] == "internal_error"
+        assert "unavailable" not in response.text
         monkeypatch.undo()
         listed = await client.get(f"{API}/clusters", headers=auth(tokens["admin"]))
         assert listed.json() == []

@@ -117,7 +117,7 @@ class AuditedRoute(APIRoute):
                             _object_id(request, response),
                         )
                     await run_in_threadpool(session.commit)
-                except BaseException as exc:
+                except Exception as exc:
                     await run_in_threadpool(session.rollback)
                     if writes:
                         await run_in_threadpool(_audit_failure, database, request, name,

@@ -9,6 +9,7 @@ carry a backup password or a certificate someone pasted by mistake.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,8 @@ from vmcrypt.exceptions import UsageError, VmcryptError
 from vmcrypt.providers.exceptions import BackupError, ProviderError
 
 __all__ = ["ERROR_TABLE", "error_body", "install_error_handlers", "status_of"]
+
+_log = logging.getLogger(__name__)
 
 #: Exception class → (HTTP status, error code); the most specific class in the MRO wins.
 ERROR_TABLE: Final[dict[type[Exception], tuple[int, str]]] = {
@@ -105,8 +108,18 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    # A bug or an outage, not the caller's doing: logged here, opaque to the caller.
+    _log.error("unhandled error in the control plane API", exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "internal error: see the control plane's log"),
+        status_code=500,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn the table above into responses."""
+    app.add_exception_handler(Exception, _on_unexpected)
     app.add_exception_handler(VmcryptError, _on_vmcrypt_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
