@@ -65,6 +65,7 @@ ROUTES: tuple[Route, ...] = (
     _r("DELETE", "/key-providers/{standard}", KEYS, 204),
     _r("POST", "/key-providers/{native}/backup", KEYS, 200,
        lambda ids: {"password": "correct horse battery"}),
+    _r("POST", "/key-providers/{native}/acknowledge-no-backup", KEYS, 200),
     _r("POST", "/key-providers/restore", KEYS, 200, lambda ids: {
         "backup": ids["backup"], "password": ids["backup_password"], "dry_run": True}),
     _r("POST", "/storage-policies",

@@ -110,3 +110,18 @@ async def test_backup_of_a_standard_provider_is_refused(client: httpx.AsyncClien
                                  json={"password": PASSWORD}, headers=admin)
     assert response.status_code == 400
     assert "only native" in response.json()["message"]
+    ack = await client.post(f"{API}/key-providers/{provider['id']}/acknowledge-no-backup",
+                            headers=admin)
+    assert ack.status_code == 400
+
+
+async def test_acknowledge_no_backup(client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+    admin = auth(tokens["admin"])
+    provider = (await client.post(f"{API}/key-providers/native", headers=admin,
+                                  json={"name": "nkp"})).json()
+    assert provider["backup_acknowledged"] is False
+    ack = await client.post(f"{API}/key-providers/{provider['id']}/acknowledge-no-backup",
+                            headers=admin)
+    assert ack.status_code == 200
+    assert ack.json()["backup_acknowledged"] is True
+    assert ack.json()["backed_up"] is False

@@ -140,6 +140,23 @@ def backup(
     )
 
 
+@router.post("/{provider_id}/acknowledge-no-backup", dependencies=[_MANAGE])
+def acknowledge_no_backup(
+    provider_id: int, session: SessionDep, sealing_key: MasterKey
+) -> KeyProviderPublic:
+    """Accept the risk of a native provider without backup, so it may be used.
+
+    The provider stays not ``backed_up`` (its health stays degraded); vSphere offers
+    the same choice.
+    """
+    row = fetch(session, KeyProvider, provider_id)
+    native = _load_native(row, sealing_key)
+    native.acknowledge_no_backup()
+    row.backup_acknowledged = native.backup_acknowledged
+    session.flush()
+    return KeyProviderPublic.model_validate(row)
+
+
 @router.post("/restore", dependencies=[_MANAGE])
 def restore(
     body: RestoreRequest, session: SessionDep, sealing_key: MasterKey
@@ -179,7 +196,7 @@ def _store_native(session: Session, native: NativeKeyProvider, *, is_default: bo
 
 def _load_native(row: KeyProvider, sealing_key: bytes) -> NativeKeyProvider:
     if row.kind is not ProviderKind.NATIVE or row.sealed_primary_key is None:
-        raise UsageError(f"key provider {row.name!r} is {row.kind}: only native ones back up")
+        raise UsageError(f"key provider {row.name!r} is {row.kind}: only native ones have a backup")
     record = {
         "version": 1, "kind": "native", "provider_id": row.name,
         "sealed_primary_key": base64.b64encode(row.sealed_primary_key).decode("ascii"),
