@@ -16,10 +16,19 @@ from rich.markup import escape
 
 from vmcrypt import __version__
 from vmcrypt.cli.disk import app as disk_app
+from vmcrypt.cli.events import events as events_command
 from vmcrypt.cli.host import app as host_app
+from vmcrypt.cli.inventory import (
+    add_host_commands,
+    cluster_app,
+    datastore_app,
+    token_app,
+    user_app,
+)
 from vmcrypt.cli.kms import app as kms_app
 from vmcrypt.cli.output import err
 from vmcrypt.cli.pki import app as pki_app
+from vmcrypt.cli.providers import kp_app, policy_app
 from vmcrypt.exceptions import VmcryptError, exit_code_for
 
 app = typer.Typer(
@@ -36,6 +45,14 @@ app.add_typer(disk_app, name="disk")
 app.add_typer(host_app, name="host")
 app.add_typer(kms_app, name="kms")
 app.add_typer(pki_app, name="pki")
+app.add_typer(cluster_app, name="cluster")
+add_host_commands(host_app)
+app.add_typer(datastore_app, name="datastore")
+app.add_typer(kp_app, name="kp")
+app.add_typer(policy_app, name="policy")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+app.command("events")(events_command)
 
 
 @app.command()
