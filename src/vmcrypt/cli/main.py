@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from vmcrypt import __version__
+from vmcrypt.cli.control import app as control_app
 from vmcrypt.cli.disk import app as disk_app
 from vmcrypt.cli.events import events as events_command
 from vmcrypt.cli.host import app as host_app
@@ -41,6 +42,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(control_app, name="control")
 app.add_typer(disk_app, name="disk")
 app.add_typer(host_app, name="host")
 app.add_typer(kms_app, name="kms")

@@ -13,7 +13,7 @@ from typing import Final
 from fastapi import FastAPI
 
 from vmcrypt.control.api.errors import install_error_handlers
-from vmcrypt.control.api.routers import ROUTERS
+from vmcrypt.control.api.routers import ROUTERS, enrolment
 from vmcrypt.control.db.engine import Database
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
 from vmcrypt.exceptions import UsageError
@@ -43,4 +43,5 @@ def create_app(database: Database, *, master_key: bytes) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(enrolment.router, prefix=API_PREFIX)
     return app

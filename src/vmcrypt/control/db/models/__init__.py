@@ -33,6 +33,7 @@ from vmcrypt.control.db.models.base import (
     ProviderKind,
     Severity,
 )
+from vmcrypt.control.db.models.enrolment import EnrolmentToken
 from vmcrypt.control.db.models.inventory import (
     Cluster,
     Datastore,
@@ -52,6 +53,7 @@ __all__ = [
     "ConnectionState",
     "Datastore",
     "EncryptionRecord",
+    "EnrolmentToken",
     "Event",
     "Host",
     "Job",

@@ -1,0 +1,151 @@
+"""Run the control plane: prepare its data folder, then serve the API over HTTPS.
+
+:func:`prepare` is the first-start logic (PKI, master key, database, Administrator) and
+is idempotent: a restart finds everything in place and changes nothing. :func:`serve`
+binds the socket *before* announcing it, so a script may connect as soon as it reads
+the listening line, and returns when uvicorn has shut down cleanly (SIGTERM, Ctrl-C).
+
+API clients authenticate with bearer tokens, so the HTTPS port only *verifies* a client
+certificate when one is offered (CERT_OPTIONAL); hosts are called with the control
+plane's own client certificate (mutual TLS), see :attr:`ControlSettings.client`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from vmcrypt.control.api import create_app
+from vmcrypt.control.api.bootstrap import bootstrap_administrator
+from vmcrypt.control.db.engine import Database, open_database
+from vmcrypt.control.enrolment import ca_fingerprint
+from vmcrypt.control.settings import CLIENT_IDENTITY, ControlSettings
+from vmcrypt.exceptions import UsageError
+from vmcrypt.kms.master_key import load_master_key
+from vmcrypt.pki import CertificateAuthority, init_pki, server_context, write_pem
+
+__all__ = ["Prepared", "bind", "build_app", "fingerprint", "prepare", "serve"]
+
+logger = logging.getLogger("vmcrypt.control")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a start found or created: the open database, keys, and the new token file."""
+
+    database: Database
+    master_key: bytes
+    ca: CertificateAuthority
+    #: The admin token file if this start created it, else ``None`` (never re-minted).
+    new_admin_token_file: Path | None
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
+
+def prepare(settings: ControlSettings) -> Prepared:
+    """Create (first start) or load the data folder, and open and migrate the database."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not settings.ca_file.exists():
+        # EC keys: fast to generate, and nothing here needs vCenter's RSA-only habits.
+        init_pki(settings.pki_dir, server_names=("localhost",),
+                 server_ips=settings.server_ips(), clients=(CLIENT_IDENTITY,), key_type="ec")
+    ca = CertificateAuthority.load(settings.ca.cert, settings.ca.key)
+    # The environment variable is the KMS's; the control plane reads its own file only.
+    master_key = load_master_key(settings.master_key_file, environ={})
+    try:
+        database = open_database(settings.database)
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0]
+        raise UsageError(
+            f"cannot open the database {_redacted(str(settings.database))}: {reason}"
+        ) from None
+    token = bootstrap_administrator(database)
+    new_file = None
+    if token is not None:
+        write_pem(settings.admin_token_file, (token + "\n").encode("ascii"), private=True)
+        new_file = settings.admin_token_file
+    return Prepared(database=database, master_key=master_key, ca=ca,
+                    new_admin_token_file=new_file)
+
+
+def build_app(settings: ControlSettings, prepared: Prepared) -> FastAPI:
+    """The API app, with what enrolment and the host client need on ``app.state``."""
+    app = create_app(prepared.database, master_key=prepared.master_key)
+    app.state.enrolment_ca = prepared.ca
+    app.state.settings = settings  # client certificate and CA for calling hosts
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or one clear line when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"{host}:{port} is already in use; choose another --port") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def serve(settings: ControlSettings, *, log_level: str = "info",
+          on_listening: Callable[[str, int, Prepared], None]) -> None:
+    """Prepare, bind, call ``on_listening(host, port, prepared)``, serve until stopped."""
+    import uvicorn
+
+    # Checked here for a clear message naming a bad file; uvicorn loads them again.
+    prepared = prepare(settings)
+    server_context(cert_file=settings.server.cert, key_file=settings.server.key,
+                   ca_file=settings.ca_file, require_client_cert=False)
+    config = uvicorn.Config(
+        build_app(settings, prepared),
+        log_config=None,
+        log_level=log_level.lower(),
+        ssl_certfile=str(settings.server.cert),
+        ssl_keyfile=str(settings.server.key),
+        ssl_ca_certs=str(settings.ca_file),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+        ssl_version=ssl.PROTOCOL_TLS_SERVER,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    sock = bind(settings.host, settings.port)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        # uvicorn handles the signal while serving and re-raises it afterwards: landing
+        # here then means a clean shutdown already happened, so exit 0.
+        logger.info("signal %d: shutting down", signum)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    host, port = sock.getsockname()[:2]
+    on_listening(host, port, prepared)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        prepared.database.close()
+
+
+def fingerprint(prepared: Prepared) -> str:
+    """The CA fingerprint hosts pin (``--ca-fingerprint``)."""
+    return ca_fingerprint(prepared.ca)
