@@ -13,8 +13,9 @@ from typing import Final
 from fastapi import FastAPI
 
 from vmcrypt.control.api.errors import install_error_handlers
-from vmcrypt.control.api.routers import ROUTERS, enrolment
+from vmcrypt.control.api.routers import ROUTERS, enrolment, vms
 from vmcrypt.control.db.engine import Database
+from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
 from vmcrypt.exceptions import UsageError
 
@@ -23,11 +24,15 @@ __all__ = ["API_PREFIX", "create_app"]
 API_PREFIX: Final = "/api/v1"
 
 
-def create_app(database: Database, *, master_key: bytes) -> FastAPI:
+def create_app(
+    database: Database, *, master_key: bytes, hosts: HostConnector | None = None
+) -> FastAPI:
     """The API app over ``database``; ``master_key`` seals native primary keys.
 
     ``master_key`` is the control plane's 32-byte master key. It is a parameter for
     now; the settings of ``vmcrypt control serve`` will load it from its key file.
+    ``hosts`` reaches host agents; without it the VM routes (which need hosts) are
+    not mounted.
     """
     if len(master_key) != AEAD_KEY_SIZE:
         raise UsageError(f"the control plane master key is {AEAD_KEY_SIZE} bytes")
@@ -44,4 +49,8 @@ def create_app(database: Database, *, master_key: bytes) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(enrolment.router, prefix=API_PREFIX)
+    if hosts is not None:
+        app.state.hosts = hosts
+        for vm_router in vms.ROUTERS:
+            app.include_router(vm_router, prefix=API_PREFIX)
     return app

@@ -1,0 +1,161 @@
+"""``/vms`` and ``/hosts/{id}/reconnect``: encrypted VMs across the control plane and hosts.
+
+Handlers only translate HTTP to :mod:`vmcrypt.control.services.vms`; the services
+decide, the providers hand out KEKs and the hosts do the cryptography. The routers are
+mounted only when :func:`~vmcrypt.control.api.app.create_app` is given a host
+connector (how the control plane reaches host agents).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from vmcrypt.control.api.deps import AuditedRoute, SessionDep, requires
+from vmcrypt.control.db.models import Host, VirtualMachine
+from vmcrypt.control.db.repo import list_vms
+from vmcrypt.control.db.repo._common import fetch
+from vmcrypt.control.privileges import (
+    CRYPTO_ACCESS,
+    CRYPTO_ENCRYPT_NEW,
+    CRYPTO_REGISTER_HOST,
+    CRYPTO_REGISTER_VM,
+    SYSTEM_READ,
+    VM_CREATE,
+    VM_DELETE,
+    VM_GUEST_DATA,
+    VM_UNREGISTER,
+)
+from vmcrypt.control.services import vms as service
+from vmcrypt.control.services.keys import HostConnector, reconnect_host
+
+__all__ = ["ROUTERS", "VmCreate", "VmPublic", "host_router", "router"]
+
+router = APIRouter(prefix="/vms", tags=["vms"], route_class=AuditedRoute)
+host_router = APIRouter(prefix="/hosts", tags=["hosts"], route_class=AuditedRoute)
+_DATA = requires(VM_GUEST_DATA, CRYPTO_ACCESS)
+
+
+def _hosts(request: Request) -> HostConnector:
+    connector: HostConnector = request.app.state.hosts
+    return connector
+
+
+Hosts = Annotated[HostConnector, Depends(_hosts)]
+
+
+class VmCreate(BaseModel):
+    """A new VM on a host; encrypted when ``storage_policy_id`` names an encryption policy."""
+
+    name: str = Field(min_length=1, max_length=200)
+    datastore_id: int
+    host_id: int
+    disks: list[int] = Field(default_factory=list, max_length=64,
+                             description="disk sizes in bytes, multiples of 4096")
+    storage_policy_id: int | None = None
+
+
+class VmPublic(BaseModel):
+    """A VM as the control plane knows it: key IDs only, and its lock state."""
+
+    id: int
+    name: str
+    instance_uuid: str
+    host_id: int | None
+    cluster_id: int | None
+    registered: bool
+    locked: bool
+    lock_reason: str | None
+    encrypted: bool
+    key_ids: dict[str, str | None]
+
+
+def _public(session: Any, vm: VirtualMachine) -> VmPublic:
+    keys = service.key_ids(session, vm)
+    return VmPublic(id=vm.id, name=vm.name, instance_uuid=vm.instance_uuid, host_id=vm.host_id,
+                    cluster_id=vm.cluster_id, registered=vm.registered, locked=vm.locked,
+                    lock_reason=vm.lock_reason.value if vm.lock_reason else None,
+                    encrypted="home" in keys, key_ids=keys)
+
+
+@router.post("", status_code=201, dependencies=[requires(VM_CREATE, CRYPTO_ENCRYPT_NEW)])
+def create(body: VmCreate, session: SessionDep, hosts: Hosts) -> VmPublic:
+    """Create a VM (home and disks), encrypted as its storage policy says."""
+    vm = service.create(session, hosts, name=body.name, datastore_id=body.datastore_id,
+                        host_id=body.host_id, disk_sizes=body.disks,
+                        storage_policy_id=body.storage_policy_id)
+    return _public(session, vm)
+
+
+@router.get("", dependencies=[requires(SYSTEM_READ)])
+def list_all(session: SessionDep) -> list[VmPublic]:
+    """Every VM, oldest first, with key IDs and lock state."""
+    return [_public(session, vm) for vm in list_vms(session)]
+
+
+@router.get("/{vm_id}", dependencies=[requires(SYSTEM_READ)])
+def get(vm_id: int, session: SessionDep) -> VmPublic:
+    """One VM: encryption state, key ID per component, locked and why."""
+    return _public(session, fetch(session, VirtualMachine, vm_id))
+
+
+@router.post("/{vm_id}/unregister", dependencies=[requires(VM_UNREGISTER, CRYPTO_REGISTER_VM)])
+def unregister(vm_id: int, session: SessionDep, hosts: Hosts) -> VmPublic:
+    """Unregister a VM; its KEKs leave every host's cache (files stay)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    service.unregister(session, hosts, vm)
+    return _public(session, vm)
+
+
+@router.delete("/{vm_id}", status_code=204, dependencies=[requires(VM_DELETE)])
+def delete(vm_id: int, session: SessionDep, hosts: Hosts) -> Response:
+    """Delete a VM and its files; its KEKs leave every host's cache."""
+    service.delete(session, hosts, fetch(session, VirtualMachine, vm_id))
+    return Response(status_code=204)
+
+
+@router.post("/{vm_id}/unlock", dependencies=[requires(CRYPTO_REGISTER_VM)])
+def unlock(vm_id: int, session: SessionDep, hosts: Hosts) -> VmPublic:
+    """Fetch and push a locked VM's keys again (CryptoUnlock)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    return _public(session, service.unlock(session, hosts, vm))
+
+
+@router.get("/{vm_id}/disks/{index}/data", dependencies=[_DATA])
+def read_data(vm_id: int, index: int, offset: int, length: int, session: SessionDep,
+              hosts: Hosts) -> Response:
+    """Plaintext bytes of a disk range, decrypted by the VM's host."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    data = service.host_of(session, hosts, vm).read_disk(
+        vm.instance_uuid, index, offset=offset, length=length)
+    return Response(content=data, media_type="application/octet-stream")
+
+
+@router.put("/{vm_id}/disks/{index}/data", dependencies=[_DATA])
+async def write_data(vm_id: int, index: int, offset: int, request: Request,
+                     session: SessionDep, hosts: Hosts) -> dict[str, int]:
+    """Write the body at ``offset``; the host encrypts it when the disk is encrypted."""
+    data = await request.body()
+
+    def write() -> int:
+        vm = fetch(session, VirtualMachine, vm_id)
+        return service.host_of(session, hosts, vm).write_disk(
+            vm.instance_uuid, index, offset=offset, data=data)
+
+    return {"written": await run_in_threadpool(write)}
+
+
+@host_router.post("/{host_id}/reconnect", dependencies=[requires(CRYPTO_REGISTER_HOST)])
+def reconnect(host_id: int, session: SessionDep, hosts: Hosts, request: Request) -> dict[str, Any]:
+    """A host (re)connected: push every KEK it needs, by ID; lock VMs whose keys fail."""
+    host = fetch(session, Host, host_id)
+    report = reconnect_host(session, hosts, host, sealing_key=request.app.state.master_key)
+    return {"connected": report.connected, "pushed": report.pushed,
+            "locked": {str(k): v for k, v in report.locked.items()},
+            "unlocked": report.unlocked}
+
+#: Mounted by ``create_app`` when it has a host connector.
+ROUTERS = (router, host_router)

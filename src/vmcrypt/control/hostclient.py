@@ -1,0 +1,191 @@
+"""The control plane's client for one host agent (``vmcrypt host serve``, docs/host.md).
+
+A strict point of cut-off between the control plane and the network: above it,
+services speak in VM IDs and key IDs; below it, HTTP over mutual TLS. Host error
+bodies (``{"error": code, "message": text}``) become typed exceptions here, and
+connection failures become :class:`HostUnreachable`::
+
+    VmcryptError
+    ├── providers.AddKeysToHostFailed  — "adding keys to the host failed due to host
+    │   │                                connection or host support issues"
+    │   └── HostUnreachable            — the host did not answer (connection, TLS, timeout)
+    └── control.ControlError
+        ├── NotFound
+        │   └── HostNotFound           — vm_not_found, no_such_disk, job_not_found
+        └── Conflict
+            ├── HostRefused            — an order rule, vm_busy, vm_exists, invalid_request
+            └── HostKeyMissing         — key_not_on_host: the "key missing on host" reason
+
+The client is synchronous (services run in the API's worker threads). Tests pass any
+``httpx.Client`` — e.g. Starlette's ``TestClient(host_app)`` — instead of a TLS one.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from typing import Any, ClassVar, Final
+
+import httpx
+
+from vmcrypt.control.exceptions import Conflict, NotFound
+from vmcrypt.providers.exceptions import AddKeysToHostFailed
+
+__all__ = [
+    "HostClient",
+    "HostKeyMissing",
+    "HostNotFound",
+    "HostRefused",
+    "HostUnreachable",
+]
+
+_PREFIX: Final = "/api/v1"
+_TIMEOUT: Final = 30.0
+
+
+class HostUnreachable(AddKeysToHostFailed):
+    """The host agent could not be reached (connection, TLS handshake or timeout)."""
+
+
+class HostNotFound(NotFound):
+    """The host does not know the VM, disk or job."""
+
+
+class HostRefused(Conflict):
+    """The host refused: an order rule, a busy VM, or a request it does not support."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HostKeyMissing(HostRefused):
+    """The host lacks a KEK the operation needs: the "key missing on host" lock reason."""
+
+    event: ClassVar[str] = "host.key.missing"
+
+
+class HostClient:
+    """Calls to one host agent; every method maps to one route of docs/host.md."""
+
+    def __init__(self, name: str, http: httpx.Client) -> None:
+        self.name = name
+        self._http = http
+
+    @classmethod
+    def over_tls(cls, name: str, base_url: str, context: ssl.SSLContext) -> HostClient:
+        """A client presenting the control plane's certificate (from ``pki.tls.client_context``)."""
+        return cls(name, httpx.Client(base_url=base_url, verify=context, timeout=_TIMEOUT))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # --- keys -------------------------------------------------------------------------
+
+    def put_kek(self, provider_id: str, key_id: str, kek: bytes, *,
+                vm_ids: list[str] | None = None) -> None:
+        """Hand the host a KEK to hold in memory (``PUT /keys/{provider}/{key_id}``)."""
+        body = {"kek": base64.b64encode(kek).decode("ascii"), "vm_ids": vm_ids or []}
+        self._call("PUT", f"/keys/{provider_id}/{key_id}", json=body)
+
+    def delete_kek(self, provider_id: str, key_id: str) -> bool:
+        """Drop a KEK from the host's cache; ``False`` if it did not hold it."""
+        try:
+            self._call("DELETE", f"/keys/{provider_id}/{key_id}")
+        except HostKeyMissing:
+            return False
+        return True
+
+    def keys(self) -> dict[str, Any]:
+        """IDs of the KEKs and native providers the host holds — never key bytes."""
+        result: dict[str, Any] = self._call("GET", "/keys").json()
+        return result
+
+    def put_primary_key(self, provider_id: str, primary_key: bytes, *,
+                        fingerprint: str | None = None) -> None:
+        """Hand the host a native provider's primary key."""
+        body = {"primary_key": base64.b64encode(primary_key).decode("ascii"),
+                "fingerprint": fingerprint}
+        self._call("PUT", f"/native-providers/{provider_id}", json=body)
+
+    def delete_primary_key(self, provider_id: str) -> None:
+        """Remove a native provider's primary key from the host."""
+        self._call("DELETE", f"/native-providers/{provider_id}")
+
+    # --- VMs --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Name, hardware UUID and counts; a cheap liveness probe."""
+        result: dict[str, Any] = self._call("GET", "/health").json()
+        return result
+
+    def create_vm(self, vm_id: str, name: str, disk_sizes: list[int], *,
+                  provider_id: str | None = None, key_id: str | None = None) -> dict[str, Any]:
+        """Create a VM home and disks; encrypted when ``provider_id`` is given.
+
+        ``key_id=None`` with a provider asks the host for a new native KEK of its own.
+        """
+        body: dict[str, Any] = {"id": vm_id, "name": name,
+                                "disks": [{"size": size} for size in disk_sizes]}
+        if provider_id is not None:
+            body["encryption"] = {"provider_id": provider_id, "key_id": key_id}
+        result: dict[str, Any] = self._call("POST", "/vms", json=body).json()
+        return result
+
+    def get_vm(self, vm_id: str) -> dict[str, Any]:
+        """The host's view of a VM: components, key IDs, ``key_on_host`` per component."""
+        result: dict[str, Any] = self._call("GET", f"/vms/{vm_id}").json()
+        return result
+
+    def unregister_vm(self, vm_id: str) -> list[dict[str, str]]:
+        """Forget the VM's KEKs on this host (files stay); the key IDs removed."""
+        removed: list[dict[str, str]] = self._call(
+            "POST", f"/vms/{vm_id}/unregister").json()["removed_keys"]
+        return removed
+
+    def delete_vm(self, vm_id: str) -> None:
+        """Delete the VM's files and forget its KEKs on this host."""
+        self._call("DELETE", f"/vms/{vm_id}")
+
+    def read_disk(self, vm_id: str, index: int, *, offset: int, length: int) -> bytes:
+        """Plaintext bytes of a disk range, decrypted by the host."""
+        return self._call("GET", f"/vms/{vm_id}/disks/{index}/data",
+                          params={"offset": offset, "length": length}).content
+
+    def write_disk(self, vm_id: str, index: int, *, offset: int, data: bytes) -> int:
+        """Write bytes at ``offset`` (the host encrypts them when the disk is)."""
+        written: int = self._call("PUT", f"/vms/{vm_id}/disks/{index}/data",
+                                  params={"offset": offset}, content=data).json()["written"]
+        return written
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, _PREFIX + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise HostUnreachable(
+                f"host {self.name!r} could not be reached ({type(exc).__name__}): "
+                "check that its agent runs and that its certificate is valid"
+            ) from exc
+        if response.status_code < 400:
+            return response
+        raise _mapped(self.name, response)
+
+
+def _mapped(host: str, response: httpx.Response) -> Exception:
+    try:
+        body = response.json()
+        code, message = str(body["error"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status_code}"
+    text = f"host {host!r}: {message}"
+    if code == "key_not_on_host":
+        return HostKeyMissing(code, text)
+    if response.status_code == 404:
+        return HostNotFound(text)
+    if response.status_code in (409, 422, 423):
+        return HostRefused(code, text)
+    # 5xx or anything unexpected: the host failed, which is a host support issue.
+    return AddKeysToHostFailed(text) if "/keys/" in str(response.url) else HostRefused(code, text)

@@ -1,0 +1,130 @@
+"""VM life cycle on the control plane: create, unregister, delete, unlock, disk data.
+
+The control plane decides and stores IDs; providers hand out KEKs; hosts do the
+cryptography. Creating an encrypted VM follows the seeds' standard flow: a new KEK
+from the provider (tagged with the VM's name and instance UUID), its **key ID**
+recorded, the KEK pushed to every host of the cluster, then the host creates the VM.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from vmcrypt.control.db.models import (
+    Host,
+    KeyProvider,
+    ProviderKind,
+    StoragePolicy,
+    VirtualMachine,
+)
+from vmcrypt.control.db.repo import (
+    add_disk,
+    create_vm,
+    default_provider,
+    encryption_records,
+    record_encryption,
+    set_registration,
+)
+from vmcrypt.control.db.repo._common import fetch
+from vmcrypt.control.exceptions import Conflict
+from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.services.keys import (
+    HostConnector,
+    forget_keks,
+    load_standard,
+    push_kek,
+    refresh_vm_keys,
+)
+from vmcrypt.exceptions import UsageError
+from vmcrypt.providers import COMPONENT_VM, KeyOwner
+
+__all__ = ["create", "delete", "host_of", "key_ids", "unlock", "unregister"]
+
+
+def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: int,
+           host_id: int, disk_sizes: list[int],
+           storage_policy_id: int | None = None) -> VirtualMachine:
+    """Create a VM on ``host_id``; encrypted when its storage policy says so."""
+    vm = create_vm(session, name=name, datastore_id=datastore_id, host_id=host_id,
+                   storage_policy_id=storage_policy_id)
+    disks = [add_disk(session, vm_id=vm.id, size_bytes=size) for size in disk_sizes]
+    provider = _policy_provider(session, storage_policy_id)
+    client = host_of(session, hosts, vm)
+    if provider is None:
+        client.create_vm(vm.instance_uuid, name, disk_sizes)
+        return vm
+    if provider.kind is not ProviderKind.STANDARD:
+        raise UsageError(f"creating {provider.kind} provider VMs through the control plane "
+                         "is not supported yet: use a standard provider")
+    standard = load_standard(provider)
+    try:
+        new = standard.new_kek(owner=KeyOwner(COMPONENT_VM, name, vm.instance_uuid))
+    finally:
+        standard.close()
+    key_id = new.ref.key_id
+    assert key_id is not None
+    record_encryption(session, vm_id=vm.id, key_provider_id=provider.id, key_id=key_id)
+    for disk in disks:
+        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                          disk_id=disk.id, key_id=key_id)
+    failed = push_kek(session, hosts, vm, provider_id=provider.name, key_id=key_id,
+                      kek=new.kek)
+    if client.name in failed:
+        raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the events")
+    client.create_vm(vm.instance_uuid, name, disk_sizes, provider_id=provider.name,
+                     key_id=key_id)
+    return vm
+
+
+def unregister(session: Session, hosts: HostConnector, vm: VirtualMachine) -> list[str]:
+    """Unregister a VM (files stay): its KEKs leave every host's cache; key IDs dropped."""
+    if not vm.registered:
+        raise Conflict(f"VM {vm.name!r} is not registered")
+    dropped = forget_keks(session, hosts, vm)
+    set_registration(session, vm_id=vm.id, host_id=None)
+    return dropped
+
+
+def delete(session: Session, hosts: HostConnector, vm: VirtualMachine) -> None:
+    """Delete a VM's files on its host, drop its KEKs from every host, forget the VM."""
+    if vm.registered:
+        host_of(session, hosts, vm).delete_vm(vm.instance_uuid)
+        forget_keks(session, hosts, vm)
+    session.delete(vm)
+    session.flush()
+
+
+def unlock(session: Session, hosts: HostConnector, vm: VirtualMachine) -> VirtualMachine:
+    """Retry getting and pushing a locked VM's keys (vSphere's CryptoUnlock)."""
+    if not vm.registered:
+        raise Conflict(f"VM {vm.name!r} is not registered: register it first")
+    refresh_vm_keys(session, hosts, vm)
+    return vm
+
+
+def host_of(session: Session, hosts: HostConnector, vm: VirtualMachine) -> HostClient:
+    """The client of the host the VM is registered with."""
+    if vm.host_id is None:
+        raise Conflict(f"VM {vm.name!r} is not registered with a host")
+    return hosts.client(fetch(session, Host, vm.host_id))
+
+
+def key_ids(session: Session, vm: VirtualMachine) -> dict[str, str | None]:
+    """Key ID per component (``home``, ``disk-N``); None for a wrapped (native) KEK."""
+    result: dict[str, str | None] = {}
+    by_disk = {d.id: d.index for d in vm.disks}
+    for record in encryption_records(session, vm_id=vm.id):
+        name = "home" if record.disk_id is None else f"disk-{by_disk[record.disk_id]}"
+        result[name] = record.key_id
+    return result
+
+
+def _policy_provider(session: Session, policy_id: int | None) -> KeyProvider | None:
+    if policy_id is None:
+        return None
+    policy = fetch(session, StoragePolicy, policy_id)
+    if not policy.encryption:
+        return None
+    if policy.key_provider_id is None:
+        return default_provider(session)
+    return fetch(session, KeyProvider, policy.key_provider_id)
