@@ -1,0 +1,243 @@
+"""``vmcrypt cluster|host|datastore|kp|policy|user|token|events`` against a real server.
+
+The control plane API runs in this process, served by uvicorn on a free port in a
+background thread (plain HTTP on 127.0.0.1); the CLI runs as a child process, exactly
+as an operator runs it. Every run is kept, and the last test checks that the
+administrator's token never appeared in any output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.cli.conftest import Cli, Run, assert_one_line_error, child_env, parallel
+from tests.control.api.pki import certificate_pem
+from vmcrypt.control.api.app import create_app
+from vmcrypt.control.api.bootstrap import bootstrap_administrator
+from vmcrypt.control.db.engine import open_database
+from vmcrypt.exceptions import EXIT_CODES
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Control:
+    """A running control plane and a CLI wired to it."""
+
+    url: str
+    token: str
+    token_file: Path
+    cli: Cli
+    tmp: Path
+
+    def run(self, *args: str | Path, token_file: Path | None = None) -> Run:
+        return self.cli.run(*args, "--url", self.url, "--token-file",
+                            token_file or self.token_file)
+
+    def ok(self, *args: str | Path, token_file: Path | None = None) -> Run:
+        run = self.run(*args, token_file=token_file)
+        assert run.returncode == 0, f"vmcrypt {' '.join(run.args)} failed:\n{run.err}"
+        assert "Traceback" not in run.err
+        return run
+
+    def fails(self, *args: str | Path, code: str, phrase: str,
+              token_file: Path | None = None) -> Run:
+        run = self.run(*args, token_file=token_file)
+        assert_one_line_error(run, code=EXIT_CODES[code], phrase=phrase)
+        return run
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
+    tmp = tmp_path_factory.mktemp("control")
+    database = open_database(tmp / "control.db")
+    token = bootstrap_administrator(database)
+    assert token is not None
+    config = uvicorn.Config(create_app(database, master_key=os.urandom(32)),
+                            host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    token_file = tmp / "admin.token"
+    token_file.write_text(token + "\n")
+    try:
+        yield Control(f"http://127.0.0.1:{port}", token, token_file, Cli(tmp), tmp)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        database.close()
+
+
+def test_help_teaches() -> None:
+    add_kmip, host = parallel(*(lambda a=args: Cli(Path.cwd()).run(*a) for args in (
+        ["kp", "add-kmip", "--help"], ["host", "--help"])))
+    assert add_kmip.returncode == host.returncode == 0
+    text = add_kmip.stdout.decode()
+    assert "Example" in text and "VMCRYPT_TOKEN" in text and "--kms-ca" in text
+    assert all(word in host.stdout.decode() for word in ("serve", "add", "ls", "info"))
+
+
+def test_inventory(control: Control) -> None:
+    cluster = control.ok("cluster", "create", "prod", "--json").json
+    assert cluster["name"] == "prod"
+    host = control.ok("host", "add", "esx1", "--cluster", "prod", "--hardware-uuid",
+                      "4c4c4544-0000-1000-8000-000000000001", "--api-url",
+                      "https://esx1:8443", "--json").json
+    assert host["cluster_id"] == cluster["id"]
+    assert host["connection_state"] == "disconnected"
+    store = control.ok("datastore", "add", "shared1", "--path", "/srv/shared1",
+                       "--cluster", "prod", "--json").json
+    assert store["cluster_id"] == cluster["id"]
+    ls, info, hosts, host_info, stores, table = parallel(
+        lambda: control.ok("cluster", "ls", "--json"),
+        lambda: control.ok("cluster", "info", "prod", "--json"),
+        lambda: control.ok("host", "ls", "--cluster", "prod", "--json"),
+        lambda: control.ok("host", "info", "esx1"),
+        lambda: control.ok("datastore", "ls", "--json"),
+        lambda: control.ok("cluster", "info", "prod"),
+    )
+    assert [c["name"] for c in ls.json] == ["prod"]
+    assert info.json["hosts"] == ["esx1"] and info.json["datastores"] == ["shared1"]
+    assert [h["name"] for h in hosts.json] == ["esx1"]
+    assert "4c4c4544-0000-1000-8000-000000000001" in host_info.stdout.decode()
+    assert [d["path"] for d in stores.json] == ["/srv/shared1"]
+    assert "esx1" in table.stdout.decode() and "shared1" in table.stdout.decode()
+    control.fails("cluster", "create", "prod", code="Conflict", phrase="prod")
+
+
+def test_key_providers_and_policies(control: Control) -> None:
+    ca = control.tmp / "kms-ca.pem"
+    ca.write_text(certificate_pem("kms-ca"))
+    password = control.tmp / "pw.txt"
+    password.write_text(PASSWORD + "\n")
+    corp = control.ok("kp", "add-kmip", "corp", "--server", "kms1:5696", "--server",
+                      "kms2:5697", "--kms-ca", ca, "--json").json
+    assert [(s["address"], s["port"]) for s in corp["kms_servers"]] == [
+        ("kms1", 5696), ("kms2", 5697)]
+    assert corp["kind"] == "standard"
+    native = control.ok("kp", "add-native", "nkp", "--json").json
+    assert native["backed_up"] is False
+    control.ok("kp", "add-native", "risky")
+    p12 = control.tmp / "nkp.p12"
+    backed = control.ok("kp", "backup", "nkp", "--out", p12, "--password-file", password,
+                        "--json").json
+    assert backed["bytes"] == p12.stat().st_size > 0
+    assert p12.stat().st_mode & 0o777 == 0o600
+    dry, _, _ = parallel(
+        lambda: control.ok("kp", "restore", p12, "--dry-run", "--password-file", password,
+                           "--json"),
+        lambda: control.ok("kp", "ack-no-backup", "risky"),
+        lambda: control.ok("kp", "default", "corp"),
+    )
+    assert dry.json["provider_id"] == "nkp" and dry.json["fingerprint"]
+    providers = {p["name"]: p for p in control.ok("kp", "ls", "--json").json}
+    assert providers["nkp"]["backed_up"] is True
+    assert providers["risky"]["backup_acknowledged"] is True
+    assert providers["corp"]["is_default"] is True
+    table = control.ok("kp", "info", "corp").stdout.decode()
+    assert "kms1:5696" in table and "BEGIN CERTIFICATE" not in table
+    policy = control.ok("policy", "create", "VM Encryption", "--provider", "corp",
+                        "--json").json
+    assert policy["key_provider_id"] == corp["id"] and policy["encryption"] is True
+    assert "VM Encryption" in control.ok("policy", "ls").stdout.decode()
+    control.fails("kp", "rm", "corp", code="Conflict", phrase="still used")
+    assert control.ok("kp", "rm", "risky", "--json").json["removed"] is True
+    parallel(
+        lambda: control.fails("kp", "info", "nope", code="NotFound",
+                              phrase="no key provider named 'nope'"),
+        lambda: control.fails("kp", "backup", "corp", "--out", control.tmp / "c.p12",
+                              "--password-file", password, code="UsageError",
+                              phrase="only native"),
+        lambda: control.fails("kp", "restore", p12, "--password-file", password,
+                              code="Conflict", phrase="nkp"),
+        lambda: control.fails("kp", "add-kmip", "bad", "--server", "nohostport",
+                              "--kms-ca", ca, code="UsageError", phrase="HOST:PORT"),
+    )
+
+
+def test_users_tokens_and_refusals(control: Control) -> None:
+    user = control.ok("user", "create", "auditor", "--role", "Read-only", "--json").json
+    assert user["role"] == "Read-only"
+    issued = control.ok("token", "issue", "auditor", "--label", "ci", "--json").json
+    assert issued["token"].startswith("vmct_") and issued["user"] == "auditor"
+    plain = control.ok("token", "issue", "auditor").stdout.decode().strip()
+    assert plain.startswith("vmct_") and plain != issued["token"]
+    reader = control.tmp / "auditor.token"
+    reader.write_text(issued["token"])
+    bad = control.tmp / "bad.token"
+    bad.write_text("vmct_not-a-real-token")
+    users, *_ = parallel(
+        lambda: control.ok("user", "ls", "--json"),
+        lambda: control.ok("cluster", "ls", token_file=reader),
+        lambda: control.fails("cluster", "create", "x", token_file=reader,
+                              code="PermissionDenied", phrase="Host.Inventory.CreateCluster"),
+        lambda: control.fails("kp", "add-native", "x", token_file=reader,
+                              code="PermissionDenied",
+                              phrase="Cryptographer.ManageKeyServers"),
+        lambda: control.fails("cluster", "ls", token_file=bad,
+                              code="AuthenticationFailed", phrase="authentication failed"),
+        lambda: control.fails("user", "create", "bob", "--role", "Nobody",
+                              code="UsageError", phrase="role"),
+        lambda: control.fails("host", "info", "esx9", code="NotFound", phrase="esx9"),
+    )
+    assert {"administrator", "auditor"} <= {u["name"] for u in users.json}
+    down = control.cli.run("cluster", "ls", "--url", "http://127.0.0.1:9",
+                           "--token-file", control.token_file)
+    assert_one_line_error(down, code=EXIT_CODES["ControlError"],
+                          phrase="cannot connect to the control plane at http://127.0.0.1:9")
+    missing = control.cli.run("cluster", "ls", "--url", control.url)
+    assert_one_line_error(missing, code=EXIT_CODES["UsageError"], phrase="no API token")
+
+
+def test_events(control: Control) -> None:
+    control.ok("cluster", "create", "events-test")
+    audit = control.ok("events", "--type", "audit", "--since", "1h", "--limit", "5",
+                       "--json").json
+    assert 0 < len(audit) <= 5
+    assert all(e["type"] == "audit" for e in audit)
+    table = control.ok("events", "--object", "users").stdout.decode()
+    assert "first start" in table
+    control.fails("events", "--since", "yesterday", code="UsageError", phrase="--since")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "vmcrypt.cli.main", "events", "-f", "--json", "--limit", "1",
+         "--interval", "0.2", "--url", control.url, "--token-file", control.token_file],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+    )
+    try:
+        time.sleep(1.5)  # the first poll has happened
+        response = httpx.post(f"{control.url}/api/v1/clusters", json={"name": "followed"},
+                              headers={"Authorization": f"Bearer {control.token}"})
+        assert response.status_code == 201
+        time.sleep(1.0)
+    finally:
+        follow.terminate()
+        stdout, stderr = follow.communicate(timeout=10)
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert len(lines) >= 2, stderr.decode()
+    assert any(e["object_type"] == "clusters" and e["type"] == "audit"
+               and e["details"].get("status") == 201 for e in lines[1:]), lines
+    control.cli.runs.append(Run(("events", "-f"), 0, stdout, stderr))
+
+
+def test_token_never_printed(control: Control) -> None:
+    assert control.cli.runs, "run the other tests of this module first"
+    secret = control.token.encode()
+    for run in control.cli.runs:
+        assert secret not in run.stdout and secret not in run.stderr, run.args
