@@ -8,6 +8,7 @@ and a real ``vmcrypt kms`` server over mutual TLS on a local port.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -173,6 +174,7 @@ async def test_standard_flow_restart_lock(
 
     # Restart with the KMS down: the VM is locked, with the reason and the event.
     hosts.start("esx-a")
+    kms_port = kms.address[1]
     kms.shutdown()
     down = await control.post(f"{API}/hosts/{ids['esx-a']}/reconnect", headers=admin)
     assert down.json()["locked"] == {str(vm["id"]): "kms_unreachable"}
@@ -181,6 +183,20 @@ async def test_standard_flow_restart_lock(
     events = (await control.get(f"{API}/events?type=kms.connection.failed",
                                 headers=admin)).json()
     assert events
+
+    # The KMS returns (same port, database and master key): vm unlock retries and succeeds.
+    back_kms = KmsServer(dataclasses.replace(kms.config, port=kms_port), master_key=KMS_MASTER_KEY)
+    back_kms.start()
+    try:
+        unlocked = await control.post(f"{API}/vms/{vm['id']}/unlock", headers=admin)
+        assert unlocked.status_code == 200, unlocked.text
+        assert unlocked.json()["locked"] is False
+        got = await control.get(
+            f"{API}/vms/{vm['id']}/disks/0/data?offset=4096&length={len(payload)}",
+            headers=admin)
+        assert got.content == payload
+    finally:
+        back_kms.shutdown()
 
     # Unregister removes the KEK from both hosts' caches.
     gone = await control.post(f"{API}/vms/{vm['id']}/unregister", headers=admin)
