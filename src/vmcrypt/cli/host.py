@@ -43,6 +43,20 @@ def _configure_logging(log_level: str) -> None:
     )
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    # Bound (and listening) before the line is printed, so a script may connect at once.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
 @app.command()
 def serve(
     datastore: Annotated[
@@ -68,11 +82,29 @@ def serve(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the 'listening' line as JSON for scripts.")
     ] = False,
+    enrol_url: Annotated[
+        str | None,
+        typer.Option("--enrol", help="Control plane URL: on first start (no --cert yet) enrol "
+                     "there and write --cert/--key/--ca."),
+    ] = None,
+    token: Annotated[
+        str, typer.Option("--token", envvar="VMCRYPT_ENROL_TOKEN", show_default=False,
+                          help="One-time enrolment token (or $VMCRYPT_ENROL_TOKEN).")
+    ] = "",
+    ca_fingerprint: Annotated[
+        str, typer.Option("--ca-fingerprint", help="SHA-256 of the control plane CA to pin.")
+    ] = "",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Address in this host's certificate "
+                                 "(default: --host).")
+    ] = None,
 ) -> None:
     """Run the host agent until interrupted (Ctrl-C or SIGTERM).
 
     It starts with no keys: the control plane pushes KEKs (and native primary keys)
-    after it connects. Clients must present a certificate signed by --ca.
+    after it connects. Clients must present a certificate signed by --ca. With
+    --enrol, a first start generates the key here (0600) and gets the certificate from
+    the control plane CA with a one-time --token.
     """
     import uvicorn
 
@@ -85,11 +117,23 @@ def serve(
         hw = str(uuid.UUID(hardware_uuid)) if hardware_uuid else str(uuid.uuid4())
     except ValueError:
         raise UsageError(f"--hardware-uuid {hardware_uuid!r} is not a UUID") from None
+    # Bound before enrolling, so the URL the control plane records has the real port.
+    sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    state_name = name or socket.gethostname()
+    if enrol_url is not None:
+        from vmcrypt.host.enrol import EnrolFiles, enrol, enrolled
+
+        files = EnrolFiles(cert=cert, key=key, ca=ca)
+        if not enrolled(files):
+            san = address or bound_host
+            enrol(url=enrol_url, token=token, ca_fingerprint=ca_fingerprint, files=files,
+                  name=state_name, hardware_uuid=hw, address=san,
+                  api_url=f"https://{san}:{bound_port}")
     # Checked here for a clear message naming the bad file; uvicorn loads them again.
     server_context(cert_file=cert, key_file=key, ca_file=ca)
     datastore.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = HostState(name=name or socket.gethostname(), hardware_uuid=hw,
-                      datastore=Datastore(datastore))
+    state = HostState(name=state_name, hardware_uuid=hw, datastore=Datastore(datastore))
     config = uvicorn.Config(
         create_app(state),
         log_config=None,
@@ -102,13 +146,6 @@ def serve(
         server_header=False,
     )
     server = uvicorn.Server(config)
-    # Bound (and listening) before the line is printed, so a script may connect at once.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    bound_host, bound_port = sock.getsockname()[:2]
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         # uvicorn handles the signal while serving and re-raises it afterwards: landing
