@@ -34,7 +34,7 @@ from vmcrypt.control.db.models import (
     VirtualMachine,
 )
 from vmcrypt.control.db.repo import append_event, key_ids_for_host, set_lock_state
-from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.hostclient import HostClient, HostKeyMissing
 from vmcrypt.exceptions import UsageError
 from vmcrypt.providers import (
     KekRef,
@@ -136,6 +136,25 @@ def push_native_provider(session: Session, hosts: HostConnector, row: KeyProvide
     for host in targets:
         try:
             hosts.client(host).put_primary_key(row.name, primary, fingerprint=native.fingerprint)
+        except AddKeysToHostFailed as exc:
+            _key_event(session, exc, host=host, key_id=None, provider=row.name)
+            failed.append(host.name)
+    return failed
+
+
+def withdraw_native_provider(session: Session, hosts: HostConnector, row: KeyProvider, *,
+                             targets: Iterable[Host]) -> list[str]:
+    """Remove a deleted native provider's primary key from ``targets``; names that failed.
+
+    The seeds: when a native provider is deleted, the change is pushed to the hosts.
+    A host that no longer has it is fine (nothing to remove).
+    """
+    failed = []
+    for host in targets:
+        try:
+            hosts.client(host).delete_primary_key(row.name)
+        except HostKeyMissing:
+            continue
         except AddKeysToHostFailed as exc:
             _key_event(session, exc, host=host, key_id=None, provider=row.name)
             failed.append(host.name)

@@ -27,11 +27,16 @@ from vmcrypt.control.api.schemas import (
     RestoreRequest,
     StandardProviderCreate,
 )
-from vmcrypt.control.db.models import KeyProvider, ProviderKind
+from vmcrypt.control.db.models import Host, KeyProvider, ProviderKind
 from vmcrypt.control.db.repo import add_kms_server, create_key_provider, set_default_provider
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict
 from vmcrypt.control.privileges import CRYPTO_MANAGE_KEY_SERVERS, SYSTEM_READ
+from vmcrypt.control.services.keys import (
+    HostConnector,
+    push_native_provider,
+    withdraw_native_provider,
+)
 from vmcrypt.exceptions import UsageError
 from vmcrypt.providers import NativeKeyProvider
 
@@ -49,6 +54,28 @@ def master_key(request: Request) -> bytes:
 
 
 MasterKey = Annotated[bytes, Depends(master_key)]
+
+
+def _host_connector(request: Request) -> HostConnector | None:
+    """The way to reach host agents, when this control plane has one (tests may not)."""
+    hosts: HostConnector | None = getattr(request.app.state, "hosts", None)
+    return hosts
+
+
+MaybeHosts = Annotated[HostConnector | None, Depends(_host_connector)]
+
+
+def _push_if_usable(session: Session, hosts: HostConnector | None, row: KeyProvider,
+                    native: NativeKeyProvider, sealing_key: bytes) -> None:
+    """Seeds: the control plane pushes a native provider's primary key to the hosts.
+
+    It is pushed once the provider may be used (backed up, or the risk acknowledged —
+    the backup gate); hosts that fail get the "adding keys to the host failed" event.
+    """
+    if hosts is None or not native.usable:
+        return
+    push_native_provider(session, hosts, row, sealing_key=sealing_key,
+                         targets=session.scalars(select(Host)).all())
 
 
 @router.post("/standard", status_code=201, dependencies=[_MANAGE])
@@ -102,8 +129,12 @@ def make_default(provider_id: int, session: SessionDep) -> KeyProviderPublic:
 
 
 @router.delete("/{provider_id}", status_code=204, dependencies=[_MANAGE])
-def delete(provider_id: int, session: SessionDep) -> Response:
-    """Remove a provider that no storage policy or encrypted component uses."""
+def delete(provider_id: int, session: SessionDep, hosts: MaybeHosts) -> Response:
+    """Remove a provider that no storage policy or encrypted component uses.
+
+    A native provider's primary key is then withdrawn from every host (seeds: deletions
+    are pushed to the hosts too).
+    """
     provider = fetch(session, KeyProvider, provider_id)
     try:
         with session.begin_nested():
@@ -113,6 +144,9 @@ def delete(provider_id: int, session: SessionDep) -> Response:
             f"key provider {provider.name!r} is still used by a storage policy or an "
             "encrypted VM or disk: change those first"
         ) from exc
+    if hosts is not None and provider.kind is ProviderKind.NATIVE:
+        withdraw_native_provider(session, hosts, provider,
+                                 targets=session.scalars(select(Host)).all())
     return Response(status_code=204)
 
 
@@ -122,7 +156,8 @@ def delete(provider_id: int, session: SessionDep) -> Response:
     responses={200: {"content": {_P12: {}}, "description": "the .p12 backup"}},
 )
 def backup(
-    provider_id: int, body: BackupRequest, session: SessionDep, sealing_key: MasterKey
+    provider_id: int, body: BackupRequest, session: SessionDep, sealing_key: MasterKey,
+    hosts: MaybeHosts,
 ) -> Response:
     """Export a native provider's primary key as a password-protected ``.p12``.
 
@@ -134,6 +169,7 @@ def backup(
     data = native.export_backup(body.password)
     row.backed_up = native.backed_up
     session.flush()
+    _push_if_usable(session, hosts, row, native, sealing_key)
     return Response(
         content=data, media_type=_P12,
         headers={"Content-Disposition": f'attachment; filename="{_filename(row.name)}.p12"'},
@@ -142,7 +178,7 @@ def backup(
 
 @router.post("/{provider_id}/acknowledge-no-backup", dependencies=[_MANAGE])
 def acknowledge_no_backup(
-    provider_id: int, session: SessionDep, sealing_key: MasterKey
+    provider_id: int, session: SessionDep, sealing_key: MasterKey, hosts: MaybeHosts
 ) -> KeyProviderPublic:
     """Accept the risk of a native provider without backup, so it may be used.
 
@@ -154,6 +190,7 @@ def acknowledge_no_backup(
     native.acknowledge_no_backup()
     row.backup_acknowledged = native.backup_acknowledged
     session.flush()
+    _push_if_usable(session, hosts, row, native, sealing_key)
     return KeyProviderPublic.model_validate(row)
 
 
