@@ -224,10 +224,10 @@ def resolve_id(client: ApiClient, collection: str, name: str, *, what: str) -> i
             return int(row["id"])
     if name.isdigit() and any(int(row["id"]) == int(name) for row in rows):
         return int(name)
-    raise NotFound(f"no {what} named {name!r}; list them with `vmcrypt {_LS[what]}`")
+    raise NotFound(f"no {what} named {name!r}; list them with `vmcrypt {_LS.get(what, 'ls')}`")
 
 
 _LS: Final = {
     "cluster": "cluster ls", "host": "host ls", "datastore": "datastore ls",
-    "key provider": "kp ls", "storage policy": "policy ls", "user": "user ls",
+    "key provider": "kp ls", "storage policy": "policy ls", "user": "user ls", "vm": "vm ls",
 }

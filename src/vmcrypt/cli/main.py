@@ -30,6 +30,7 @@ from vmcrypt.cli.kms import app as kms_app
 from vmcrypt.cli.output import err
 from vmcrypt.cli.pki import app as pki_app
 from vmcrypt.cli.providers import kp_app, policy_app
+from vmcrypt.cli.vm import vm_app
 from vmcrypt.exceptions import VmcryptError, exit_code_for
 
 app = typer.Typer(
@@ -54,6 +55,7 @@ app.add_typer(kp_app, name="kp")
 app.add_typer(policy_app, name="policy")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(vm_app, name="vm")
 app.command("events")(events_command)
 
 

@@ -1,0 +1,255 @@
+"""``vmcrypt vm …``: VMs through the control plane, which drives their hosts.
+
+Thin wrappers over ``/api/v1/vms``: create (encrypted when the storage policy says so),
+list, show, unregister, delete, unlock, and a disk's plaintext read and written through
+its host (``vm disk read|write``), in chunks with a progress bar, so data can be put in
+and checked after every operation. The control plane and the hosts hold the keys; this
+command only ever sees key IDs and the plaintext the caller asked for.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import typer
+
+from vmcrypt.cli.api_client import (
+    DEFAULT_URL,
+    CaOpt,
+    JsonOpt,
+    TokenFileOpt,
+    TokenOpt,
+    UrlOpt,
+    connect,
+    resolve_id,
+)
+from vmcrypt.cli.disk import parse_size
+from vmcrypt.cli.inventory import emit
+from vmcrypt.cli.output import out, print_json, progress_bar
+from vmcrypt.exceptions import UsageError
+
+__all__ = ["vm_app"]
+
+#: Bytes per request: large enough for throughput, small enough for a live progress bar.
+CHUNK = 4 << 20
+
+vm_app = typer.Typer(help="Virtual machines: create, inspect, unregister, delete, unlock, "
+                     "and read or write a disk's data through its host.",
+                     no_args_is_help=True)
+disk_app = typer.Typer(help="A VM disk's plaintext, through its host.", no_args_is_help=True)
+vm_app.add_typer(disk_app, name="disk")
+
+NameArg = Annotated[str, typer.Argument(help="The VM's name (or numeric ID).")]
+IndexArg = Annotated[int, typer.Argument(min=0, help="Disk index (0 is the first disk).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+_COLUMNS = ["id", "name", "host_id", "encrypted", "registered", "locked", "lock_reason"]
+
+
+def _row(vm: dict[str, Any]) -> dict[str, Any]:
+    return {**vm, "key_ids": [f"{k}: {v}" for k, v in vm.get("key_ids", {}).items()]}
+
+
+@vm_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="The new VM's name.")],
+    host: Annotated[str, typer.Option("--host", help="The host it runs on.")],
+    datastore: Annotated[str, typer.Option("--datastore", help="Where its home and disks "
+                                           "go.")],
+    disk: Annotated[
+        list[str] | None, typer.Option("--disk", help="A disk of this size (512M, 1G); "
+                                       "repeat for more.")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="Storage policy; an encryption policy "
+                                 "makes an encrypted VM.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create a VM: its home and disks, encrypted as its policy says.
+
+    Example: vmcrypt vm create web1 --host esx1 --datastore shared1 --disk 1G --policy "VM Encryption"
+    """  # noqa: E501
+    sizes = [parse_size(size) for size in disk or []]
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        body: dict[str, Any] = {
+            "name": name, "disks": sizes,
+            "host_id": resolve_id(api, "/hosts", host, what="host"),
+            "datastore_id": resolve_id(api, "/datastores", datastore, what="datastore"),
+        }
+        if policy is not None:
+            body["storage_policy_id"] = resolve_id(api, "/storage-policies", policy,
+                                                   what="storage policy")
+        created = api.post("/vms", body)
+    emit(as_json, created if as_json else _row(created), title=f"vm {name}")
+
+
+@vm_app.command("ls")
+def ls(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+       ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """List VMs: encrypted or not, registered, locked and why.
+
+    Example: vmcrypt vm ls --json | jq '.[] | select(.locked)'
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        rows = api.get("/vms")
+    emit(as_json, rows, title="vms", columns=_COLUMNS)
+
+
+@vm_app.command("info")
+def info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+         token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one VM: instance UUID, host, key ID per component, lock state.
+
+    Example: vmcrypt vm info web1
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        record = api.get(f"/vms/{resolve_id(api, '/vms', name, what='vm')}")
+    emit(as_json, record if as_json else _row(record), title=f"vm {record['name']}")
+
+
+def _post(name: str, action: str, *, url: str, token: str | None, token_file: Path | None,
+          ca: Path | None, as_json: bool, done: str) -> None:
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        record = api.post(f"/vms/{resolve_id(api, '/vms', name, what='vm')}/{action}")
+    if as_json:
+        print_json(record)
+    else:
+        out.print(done, highlight=False, markup=False)
+
+
+@vm_app.command("unregister")
+def unregister(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+               token_file: TokenFileOpt = None, ca: CaOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Unregister a VM: its files stay, its KEKs leave every host's cache.
+
+    Example: vmcrypt vm unregister web1
+    """
+    _post(name, "unregister", url=url, token=token, token_file=token_file, ca=ca,
+          as_json=as_json, done=f"unregistered {name}; its keys left every host")
+
+
+@vm_app.command("unlock")
+def unlock(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+           token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Fetch a locked VM's keys from its provider and push them to its hosts again.
+
+    Example: vmcrypt vm unlock web1
+    """
+    _post(name, "unlock", url=url, token=token, token_file=token_file, ca=ca,
+          as_json=as_json, done=f"unlocked {name}")
+
+
+@vm_app.command("rm")
+def rm(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+       token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete a VM and its files; its KEKs leave every host's cache.
+
+    Example: vmcrypt vm rm web1
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        vm_id = resolve_id(api, "/vms", name, what="vm")
+        api.delete(f"/vms/{vm_id}")
+    if as_json:
+        print_json({"id": vm_id, "name": name, "deleted": True})
+    else:
+        out.print(f"deleted {name}", highlight=False, markup=False)
+
+
+@disk_app.command("read")
+def disk_read(
+    name: NameArg, index: IndexArg,
+    length: Annotated[str, typer.Option("--length", "-l", help="Bytes to read (4096, 1M).")],
+    offset: Annotated[str, typer.Option("--offset", help="Where to start.")] = "0",
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
+    ] = None,
+    quiet: QuietOpt = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Read a range of a disk's plaintext, decrypted by the VM's host.
+
+    Example: vmcrypt vm disk read web1 0 --offset 1M --length 4096 | hexdump -C
+    """
+    start, size = parse_size(offset), parse_size(length)
+    with (connect(url=url, token=token, token_file=token_file, ca=ca) as api,
+          _Sink(output) as sink, progress_bar(f"read {name}", enabled=not quiet
+                                              and size > CHUNK) as update):
+        path = f"/vms/{resolve_id(api, '/vms', name, what='vm')}/disks/{index}/data"
+        done = 0
+        while done < size:
+            count = min(CHUNK, size - done)
+            data = api.request("GET", path, params={"offset": start + done,
+                                                    "length": count}).content
+            sink.write(data)
+            done += len(data)
+            if update:
+                update(done, size)
+            if len(data) < count:
+                break
+
+
+@disk_app.command("write")
+def disk_write(
+    name: NameArg, index: IndexArg,
+    source: Annotated[Path, typer.Argument(help="File whose bytes to write ('-': stdin).")],
+    offset: Annotated[str, typer.Option("--offset", help="Where to start.")] = "0",
+    quiet: QuietOpt = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Write a file's bytes into a disk; the host encrypts them if the disk is encrypted.
+
+    Example: vmcrypt vm disk write web1 0 boot.img --offset 0
+    """
+    start = parse_size(offset)
+    data = _read_source(source)
+    written = 0
+    with (connect(url=url, token=token, token_file=token_file, ca=ca) as api,
+          progress_bar(f"write {name}", enabled=not quiet and len(data) > CHUNK) as update):
+        path = f"/vms/{resolve_id(api, '/vms', name, what='vm')}/disks/{index}/data"
+        for first in range(0, len(data), CHUNK):
+            chunk = data[first:first + CHUNK]
+            answer = api.request("PUT", path, params={"offset": start + first},
+                                 content=chunk).json()
+            written += int(answer.get("written", len(chunk)))
+            if update:
+                update(written, len(data))
+    if as_json:
+        print_json({"vm": name, "disk": index, "offset": start, "written": written})
+    else:
+        out.print(f"wrote {written} bytes to disk {index} of {name} at offset {start}",
+                  highlight=False, markup=False)
+
+
+def _read_source(source: Path) -> bytes:
+    if str(source) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: {exc.strerror or exc}") from None
+
+
+class _Sink:
+    """stdout's binary stream, or a new file, as a context manager."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.file: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        if self.path is None:
+            return sys.stdout.buffer
+        self.file = self.path.open("xb")
+        return self.file
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+        else:
+            sys.stdout.buffer.flush()
