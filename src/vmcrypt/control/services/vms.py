@@ -8,6 +8,8 @@ recorded, the KEK pushed to every host of the cluster, then the host creates the
 
 from __future__ import annotations
 
+import base64
+
 from sqlalchemy.orm import Session
 
 from vmcrypt.control.db.models import (
@@ -15,6 +17,7 @@ from vmcrypt.control.db.models import (
     KeyProvider,
     ProviderKind,
     StoragePolicy,
+    VirtualDisk,
     VirtualMachine,
 )
 from vmcrypt.control.db.repo import (
@@ -53,9 +56,11 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
     if provider is None:
         client.create_vm(vm.instance_uuid, name, disk_sizes)
         return vm
+    if provider.kind is ProviderKind.NATIVE:
+        return _create_native(session, client, vm, provider, disks, disk_sizes)
     if provider.kind is not ProviderKind.STANDARD:
         raise UsageError(f"creating {provider.kind} provider VMs through the control plane "
-                         "is not supported yet: use a standard provider")
+                         "is not supported yet: use a standard or native provider")
     standard = load_standard(provider)
     try:
         new = standard.new_kek(owner=KeyOwner(COMPONENT_VM, name, vm.instance_uuid))
@@ -73,6 +78,26 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
         raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the events")
     client.create_vm(vm.instance_uuid, name, disk_sizes, provider_id=provider.name,
                      key_id=key_id)
+    return vm
+
+
+def _create_native(session: Session, client: HostClient, vm: VirtualMachine,
+                   provider: KeyProvider, disks: list[VirtualDisk], disk_sizes: list[int]
+                   ) -> VirtualMachine:
+    """Seeds (native provider): the host makes the KEK itself, wrapped by the primary key
+    the control plane pushed to it; the control plane records only the wrapped KEK."""
+    made = client.create_vm(vm.instance_uuid, vm.name, disk_sizes, provider_id=provider.name)
+    home = made.get("home") or {}
+    wrapped = home.get("wrapped_kek")
+    if not wrapped:
+        raise Conflict(f"host {client.name!r} did not report the wrapped KEK of VM {vm.name!r}")
+    record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                      wrapped_kek=base64.b64decode(wrapped))
+    for disk, reported in zip(disks, made.get("disks", []), strict=False):
+        facts = reported.get("encryption") or {}
+        if facts.get("wrapped_kek"):
+            record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                              disk_id=disk.id, wrapped_kek=base64.b64decode(facts["wrapped_kek"]))
     return vm
 
 

@@ -174,12 +174,18 @@ class VtpmAdd(_Strict):
 
 
 class KeyFactsPublic(BaseModel):
-    """Which KEK protects a component; a native wrapped KEK is only flagged, not shown."""
+    """Which KEK protects a component: its key ID, or (native) the wrapped KEK.
+
+    A wrapped KEK is ciphertext under the provider's primary key — what the keySafe
+    stores and what the control plane records for native VMs (base64) — not key
+    material.
+    """
 
     provider_id: str
     key_id: str | None
     native: bool
     key_on_host: bool
+    wrapped_kek: str | None = None
 
 
 class DiskPublic(BaseModel):
@@ -243,6 +249,8 @@ def _facts(cache: KeyCache, facts: KeyFacts | None) -> KeyFactsPublic | None:
         key_id=facts.key_id,
         native=facts.key_id is None,
         key_on_host=on_host,
+        wrapped_kek=base64.b64encode(facts.wrapped_kek).decode()
+        if facts.wrapped_kek is not None else None,
     )
 
 
