@@ -20,7 +20,7 @@ async def test_create_encrypted_vm_with_pushed_kek(client: httpx.AsyncClient, st
     vm = await create(client, disks=2)
     assert vm["home_encrypted"] is True
     assert vm["home"] == {"provider_id": KMS, "key_id": "key-1", "native": False,
-                          "key_on_host": True}
+                          "key_on_host": True, "wrapped_kek": None}
     assert [d["encrypted"] for d in vm["disks"]] == [True, True]
     assert (await client.get(f"/vms/{vm['id']}")).json() == vm
     assert [v["id"] for v in (await client.get("/vms")).json()] == [vm["id"]]
