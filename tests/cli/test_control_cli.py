@@ -224,6 +224,15 @@ def test_users_tokens_and_refusals(control: Control) -> None:
                            "--token-file", control.token_file)
     assert_one_line_error(down, code=EXIT_CODES["ControlError"],
                           phrase="cannot connect to the control plane at http://127.0.0.1:9")
+    https = control.url.replace("http://", "https://")
+    not_tls, no_ca = parallel(
+        lambda: control.cli.run("cluster", "ls", "--url", https, "--token-file",
+                                control.token_file),
+        lambda: control.cli.run("cluster", "ls", "--url", https, "--token-file",
+                                control.token_file, "--ca", control.tmp / "missing.pem"),
+    )
+    assert_one_line_error(not_tls, code=EXIT_CODES["ControlError"], phrase="TLS handshake")
+    assert_one_line_error(no_ca, code=EXIT_CODES["UsageError"], phrase="--ca")
     missing = control.cli.run("cluster", "ls", "--url", control.url)
     assert_one_line_error(missing, code=EXIT_CODES["UsageError"], phrase="no API token")
 

@@ -174,9 +174,12 @@ def _token(token: str | None, token_file: Path | None) -> str:
 
 def _connect_message(url: str, exc: httpx.ConnectError) -> str:
     text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+    if "CERTIFICATE_VERIFY_FAILED" in text:
         return (f"TLS with the control plane at {url} failed: its certificate is not "
                 "trusted; pass the control plane's CA with --ca FILE (or VMCRYPT_CA)")
+    if "SSL" in text:
+        return (f"TLS handshake with {url} failed: is it serving HTTPS on that port? "
+                "(check --url or VMCRYPT_URL)")
     return (f"cannot connect to the control plane at {url}: is it running? "
             "(check --url or VMCRYPT_URL)")
 

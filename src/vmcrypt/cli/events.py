@@ -36,6 +36,7 @@ __all__ = ["events", "parse_moment"]
 
 _COLUMNS = ["time", "type", "severity", "object_type", "object_id", "user_name", "message"]
 _RELATIVE = re.compile(r"(\d+)([smhd])")
+_MAX_LIMIT = 1000
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -166,6 +167,8 @@ def events(
             if batch:
                 params["since"] = batch[0]["time"]
             params.pop("until", None)
+            # Every event since the last one seen, however many arrived in one interval.
+            params["limit"] = _MAX_LIMIT
             try:
                 _follow(api, params, seen={int(e["id"]) for e in batch}, as_json=as_json,
                         interval=interval)

@@ -55,7 +55,7 @@ def print_rows(title: str, rows: list[dict[str, Any]], columns: list[str]) -> No
 
 def _cell(value: Any) -> str:
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(str(v) for v in value) or "—"
     return str(value)
 
 
@@ -66,7 +66,8 @@ def emit(as_json: bool, data: Any, *, title: str, columns: list[str] | None = No
     elif isinstance(data, list):
         print_rows(title, data, columns or sorted({k for row in data for k in row}))
     else:
-        print_record(title, data)
+        print_record(title, {k: _cell(v) if isinstance(v, list) else v
+                             for k, v in data.items()})
 
 
 # -- clusters ---------------------------------------------------------------------------
@@ -115,10 +116,7 @@ def cluster_info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = Non
         stores = [d for d in api.get("/datastores") if d.get("cluster_id") == cluster_id]
     record["hosts"] = [h["name"] for h in hosts]
     record["datastores"] = [d["name"] for d in stores]
-    if as_json:
-        print_json(record)
-    else:
-        print_record(f"cluster {record['name']}", {k: _cell(v) for k, v in record.items()})
+    emit(as_json, record, title=f"cluster {record['name']}")
 
 
 # -- hosts (added to the `vmcrypt host` group of cli/host.py) ---------------------------
