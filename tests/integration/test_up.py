@@ -95,6 +95,7 @@ def test_up_starts_registers_stops_and_restarts_with_its_state(tmp_path: Path) -
     hosts = {h["name"]: h for h in state["hosts"]}
     assert len(hosts) == 3
     assert all(h["enrolled_at"] is not None for h in hosts.values())
+    assert {h["connection_state"] for h in hosts.values()} == {"connected"}
     assert hosts["esx-1"]["cluster_id"] == hosts["esx-2"]["cluster_id"] is not None
     assert hosts["esx-3"]["cluster_id"] is None
     providers = {p["name"]: p for p in state["key-providers"]}

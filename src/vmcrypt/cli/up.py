@@ -277,6 +277,12 @@ def _start(data: Path, plan: Plan, children: Children) -> dict[str, Any]:
     api.ensure("/storage-policies", POLICY, {
         "description": "encrypt VM home and disks with the default key provider",
         "encryption": True})
+    # Hosts start with no keys: the control plane pushes what each needs (by key ID,
+    # and native primary keys), as after any host restart.
+    for host in hosts.values():
+        report = api.call("POST", f"/hosts/{host['id']}/reconnect")
+        if not report.get("connected"):
+            raise ChildFailed(f"the control plane cannot reach host {host['name']}")
     return {"event": "ready", "api": f"{url}/api/v1", "docs": f"{url}/api/v1/docs",
             "admin_token_file": str(token_file), "ca": str(ca),
             "children": {n: p.pid for n, p in children.running.items()}}

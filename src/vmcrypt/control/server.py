@@ -17,6 +17,7 @@ import logging
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,30 @@ from sqlalchemy.exc import SQLAlchemyError
 from vmcrypt.control.api import create_app
 from vmcrypt.control.api.bootstrap import bootstrap_administrator
 from vmcrypt.control.db.engine import Database, open_database
+from vmcrypt.control.db.models import Host
 from vmcrypt.control.enrolment import ca_fingerprint
+from vmcrypt.control.hostclient import HostClient
 from vmcrypt.control.settings import CLIENT_IDENTITY, ControlSettings
 from vmcrypt.exceptions import UsageError
 from vmcrypt.kms.master_key import load_master_key
-from vmcrypt.pki import CertificateAuthority, init_pki, server_context, write_pem
+from vmcrypt.pki import (
+    CertificateAuthority,
+    client_context,
+    init_pki,
+    server_context,
+    write_pem,
+)
+from vmcrypt.providers.exceptions import AddKeysToHostFailed
 
-__all__ = ["Prepared", "bind", "build_app", "fingerprint", "prepare", "serve"]
+__all__ = [
+    "Prepared",
+    "TlsHostConnector",
+    "bind",
+    "build_app",
+    "fingerprint",
+    "prepare",
+    "serve",
+]
 
 logger = logging.getLogger("vmcrypt.control")
 
@@ -82,9 +100,44 @@ def prepare(settings: ControlSettings) -> Prepared:
                     new_admin_token_file=new_file)
 
 
-def build_app(settings: ControlSettings, prepared: Prepared) -> FastAPI:
+class TlsHostConnector:
+    """Reaches host agents over mutual TLS with the control plane's client certificate.
+
+    The host's certificate must chain to the system CA and name the address in its
+    ``api_url`` (enrolment puts it in the SAN). One client per host and URL is kept, so
+    connections are reused across requests; a changed URL gets a new client.
+    """
+
+    def __init__(self, settings: ControlSettings) -> None:
+        self._context = client_context(ca_file=settings.ca_file, cert_file=settings.client.cert,
+                                       key_file=settings.client.key)
+        self._clients: dict[tuple[int, str], HostClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, host: Host) -> HostClient:
+        """A client for ``host``'s agent (``AddKeysToHostFailed`` when it has no URL)."""
+        if not host.api_url:
+            raise AddKeysToHostFailed(f"host {host.name!r} has no API URL to reach it at")
+        key = (host.id, host.api_url)
+        with self._lock:
+            found = self._clients.get(key)
+            if found is None:
+                found = HostClient.over_tls(host.name, host.api_url, self._context)
+                self._clients[key] = found
+            return found
+
+    def close(self) -> None:
+        """Close every client's connections."""
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def build_app(settings: ControlSettings, prepared: Prepared,
+              hosts: TlsHostConnector | None = None) -> FastAPI:
     """The API app, with what enrolment and the host client need on ``app.state``."""
-    app = create_app(prepared.database, master_key=prepared.master_key)
+    app = create_app(prepared.database, master_key=prepared.master_key, hosts=hosts)
     app.state.enrolment_ca = prepared.ca
     app.state.settings = settings  # client certificate and CA for calling hosts
     return app
@@ -115,8 +168,9 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     prepared = prepare(settings)
     server_context(cert_file=settings.server.cert, key_file=settings.server.key,
                    ca_file=settings.ca_file, require_client_cert=False)
+    hosts = TlsHostConnector(settings)
     config = uvicorn.Config(
-        build_app(settings, prepared),
+        build_app(settings, prepared, hosts),
         log_config=None,
         log_level=log_level.lower(),
         ssl_certfile=str(settings.server.cert),
@@ -143,6 +197,7 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
         server.run(sockets=[sock])
     finally:
         sock.close()
+        hosts.close()
         prepared.database.close()
 
 
