@@ -268,7 +268,7 @@ def test_events(control: Control) -> None:
 
 
 def test_vms(control: Control) -> None:
-    """Unencrypted VMs only: encrypted ones need a standard provider's real KMS."""
+    """A plain VM and a native-provider one; a standard provider's would need a real KMS."""
     created = control.ok("vm", "create", "web1", "--host", "esx1", "--datastore", "shared1",
                          "--disk", "1M", "--json").json
     assert created["name"] == "web1" and created["encrypted"] is False
@@ -295,6 +295,14 @@ def test_vms(control: Control) -> None:
     )
     assert control.ok("vm", "rm", "web1", "--json").json["deleted"] is True
     assert control.ok("vm", "ls", "--json").json == []
+    # nkp was backed up in test_key_providers_and_policies: usable, pushed to esx1.
+    control.ok("policy", "create", "native-enc", "--provider", "nkp")
+    secret = control.ok("vm", "create", "web2", "--host", "esx1", "--datastore", "shared1",
+                        "--disk", "1M", "--policy", "native-enc", "--json").json
+    assert secret["encrypted"] is True
+    control.ok("vm", "disk", "write", "web2", "0", source)
+    assert control.ok("vm", "disk", "read", "web2", "0", "--length",
+                      str(len(data))).stdout == data
 
 
 def test_token_never_printed(control: Control) -> None:
