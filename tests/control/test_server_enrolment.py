@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,3 +188,17 @@ def test_a_wrong_pin_sends_nothing(tmp_path: Path) -> None:
                    hardware_uuid=str(uuid.uuid4()), address="127.0.0.1",
                    api_url="https://127.0.0.1:9443")
         assert files.cert.exists()
+
+
+def test_host_serve_without_a_token_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "VMCRYPT_ENROL_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcrypt.cli.main", "host", "serve", "--datastore",
+         str(tmp_path / "ds"), "--cert", str(tmp_path / "h.pem"), "--key",
+         str(tmp_path / "h.key"), "--ca", str(tmp_path / "ca.pem"), "--port", "0",
+         "--enrol", "https://127.0.0.1:1", "--ca-fingerprint", "00" * 32],
+        capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--token" in lines[0], result.stderr
+    assert not (tmp_path / "h.key").exists()
