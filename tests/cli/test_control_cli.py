@@ -107,6 +107,10 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
         database.close()
 
 
+# One control plane per module: its tests run on one xdist worker, in file order.
+pytestmark = pytest.mark.xdist_group("control-cli")
+
+
 def test_help_teaches() -> None:
     add_kmip, host = parallel(*(lambda a=args: Cli(Path.cwd()).run(*a) for args in (
         ["kp", "add-kmip", "--help"], ["host", "--help"])))
@@ -267,8 +271,22 @@ def test_events(control: Control) -> None:
     control.cli.runs.append(Run(("events", "-f"), 0, stdout, stderr))
 
 
+def _ensure_inventory(control: Control) -> None:
+    """The cluster, host and datastore ``test_inventory`` makes, when it has not run (the
+    server is shared by the module, but a test must not depend on another's order)."""
+    if "esx1" not in [h["name"] for h in control.ok("host", "ls", "--json").json]:
+        control.ok("cluster", "create", "prod")
+        control.ok("host", "add", "esx1", "--cluster", "prod", "--hardware-uuid",
+                   "4c4c4544-0000-1000-8000-000000000001", "--api-url", "https://esx1:8443")
+        control.ok("datastore", "add", "shared1", "--path", "/srv/shared1", "--cluster", "prod")
+    if "nkp" not in [p["name"] for p in control.ok("kp", "ls", "--json").json]:
+        control.ok("kp", "add-native", "nkp")
+        control.ok("kp", "ack-no-backup", "nkp")  # usable: its primary key goes to esx1
+
+
 def test_vms(control: Control) -> None:
     """A plain VM and a native-provider one; a standard provider's would need a real KMS."""
+    _ensure_inventory(control)
     created = control.ok("vm", "create", "web1", "--host", "esx1", "--datastore", "shared1",
                          "--disk", "1M", "--json").json
     assert created["name"] == "web1" and created["encrypted"] is False
@@ -295,7 +313,8 @@ def test_vms(control: Control) -> None:
     )
     assert control.ok("vm", "rm", "web1", "--json").json["deleted"] is True
     assert control.ok("vm", "ls", "--json").json == []
-    # nkp was backed up in test_key_providers_and_policies: usable, pushed to esx1.
+    # nkp is usable (backed up in test_key_providers_and_policies, or acknowledged by
+    # _ensure_inventory), so its primary key was pushed to esx1.
     control.ok("policy", "create", "native-enc", "--provider", "nkp")
     secret = control.ok("vm", "create", "web2", "--host", "esx1", "--datastore", "shared1",
                         "--disk", "1M", "--policy", "native-enc", "--json").json
