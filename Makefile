@@ -7,10 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: up test lint typecheck pytest bench sysdeps sysdeps-bench clean help
+.PHONY: up demo test lint typecheck pytest bench sysdeps sysdeps-bench clean help
 
 help:
-	@echo "make up      run the vmcrypt demo on this machine (embedded defaults)"
+	@echo "make up      run the whole system on this machine (KMS, control plane, 3 hosts)"
+	@echo "make demo    the key server and disk data path demo (scripts/demo-disk)"
 	@echo "make test    lint, type-check and run every test (installs what it needs)"
 	@echo "make bench   run the benchmarks under bench/ and print ratios"
 
@@ -29,6 +30,9 @@ sysdeps-bench:
 	@scripts/ensure-system-packages qemu-utils:/usr/bin/qemu-img openssl:/usr/bin/openssl
 
 up: $(STAMP)
+	@$(PY) -m vmcrypt.cli.main up --data-dir vmcrypt-data
+
+demo: $(STAMP)
 	@scripts/demo-disk $(PY)
 
 lint: $(STAMP)

@@ -1,7 +1,7 @@
-"""``make up`` runs ``scripts/demo-disk``: it must keep working end to end.
+"""``make demo`` runs ``scripts/demo-disk``: it must keep working end to end.
 
 The demo starts the key server, takes KEKs from it, and walks the disk data path; it is
-the first thing a new user runs, so a broken step is a broken product.
+the documented tour of the low-level tools, so a broken step is a broken product.
 """
 
 from __future__ import annotations

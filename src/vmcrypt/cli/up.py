@@ -328,9 +328,7 @@ def up(
         if json_output:
             sys.stdout.write(json.dumps(event) + "\n")
         else:
-            sys.stdout.write(f"vmcrypt up: ready — API {event['api']}\n  OpenAPI docs: "
-                             f"{event['docs']}\n  admin token: {event['admin_token_file']}\n"
-                             f"  CA: {event['ca']}\n  Ctrl-C stops everything.\n")
+            sys.stdout.write(_ready_text(event))
         sys.stdout.flush()
         while not stopping:
             dead = children.dead()
@@ -341,3 +339,23 @@ def up(
         pass
     finally:
         children.stop()
+
+
+def _ready_text(event: dict[str, Any]) -> str:
+    """What a person needs next: the URLs, the admin token, and the CLI set up to use."""
+    base = str(event["api"]).removesuffix("/api/v1")
+    token_file = Path(str(event["admin_token_file"]))
+    token = token_file.read_text().strip() if token_file.exists() else "(see the file)"
+    return (
+        f"vmcrypt up: ready — API {event['api']}\n"
+        f"  OpenAPI docs: {event['docs']}\n"
+        f"  admin token:  {token}  (saved in {token_file})\n"
+        f"  CA:           {event['ca']}\n"
+        "  try it from another shell:\n"
+        f"    export VMCRYPT_URL={base} VMCRYPT_CA={event['ca']} "
+        f"VMCRYPT_TOKEN_FILE={token_file}\n"
+        "    vmcrypt vm create vm1 --host esx-1 --datastore ds-cluster-1 --disk 64M "
+        "--policy vm-encryption\n"
+        "    vmcrypt vm ls; vmcrypt events --limit 10\n"
+        "  Ctrl-C stops everything.\n"
+    )
