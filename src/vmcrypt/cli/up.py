@@ -346,6 +346,10 @@ def _ready_text(event: dict[str, Any]) -> str:
     base = str(event["api"]).removesuffix("/api/v1")
     token_file = Path(str(event["admin_token_file"]))
     token = token_file.read_text().strip() if token_file.exists() else "(see the file)"
+    # The command as this interpreter's environment installed it (``.venv/bin/vmcrypt``
+    # under `make up`), so the lines work without activating the venv.
+    installed = Path(sys.executable).parent / "vmcrypt"
+    cli = str(installed) if installed.exists() else "vmcrypt"
     return (
         f"vmcrypt up: ready — API {event['api']}\n"
         f"  OpenAPI docs: {event['docs']}\n"
@@ -354,8 +358,8 @@ def _ready_text(event: dict[str, Any]) -> str:
         "  try it from another shell:\n"
         f"    export VMCRYPT_URL={base} VMCRYPT_CA={event['ca']} "
         f"VMCRYPT_TOKEN_FILE={token_file}\n"
-        "    vmcrypt vm create vm1 --host esx-1 --datastore ds-cluster-1 --disk 64M "
+        f"    {cli} vm create vm1 --host esx-1 --datastore ds-cluster-1 --disk 64M "
         "--policy vm-encryption\n"
-        "    vmcrypt vm ls; vmcrypt events --limit 10\n"
+        f"    {cli} vm ls; {cli} events --limit 10\n"
         "  Ctrl-C stops everything.\n"
     )
