@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from vmcrypt.cli.host import _configure_logging
+from vmcrypt.cli.serving import configure_server_logging
 
 __all__ = ["app", "serve"]
 
@@ -56,7 +56,7 @@ def serve(
     from vmcrypt.control.server import serve as run
     from vmcrypt.control.settings import ControlSettings
 
-    _configure_logging(log_level)
+    configure_server_logging(log_level)
     settings = ControlSettings(data_dir=data_dir, db=db, host=host, port=port)
 
     def listening(bound_host: str, bound_port: int, prepared: Prepared) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from vmcrypt.cli.serving import configure_server_logging
 from vmcrypt.exceptions import UsageError
 
 __all__ = ["app", "serve"]
@@ -27,20 +28,6 @@ app = typer.Typer(
     help="The host agent: KEKs in memory, VM homes and disks encrypted on a datastore.",
     no_args_is_help=True,
 )
-
-
-def _configure_logging(log_level: str) -> None:
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise UsageError(f"--log-level {log_level!r}: use debug, info, warning or error")
-    # A server logs with timestamps at the level asked, not the CLI's one-line warnings.
-    logger = logging.getLogger("vmcrypt")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.setLevel(level)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -112,7 +99,7 @@ def serve(
     from vmcrypt.host.datastore import Datastore
     from vmcrypt.pki.tls import server_context
 
-    _configure_logging(log_level)
+    configure_server_logging(log_level)
     try:
         hw = str(uuid.UUID(hardware_uuid)) if hardware_uuid else str(uuid.uuid4())
     except ValueError:

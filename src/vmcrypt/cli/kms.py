@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from vmcrypt.cli import kms_keys
+from vmcrypt.cli.serving import configure_server_logging
 from vmcrypt.exceptions import UsageError
 
 app = typer.Typer(
@@ -74,17 +75,7 @@ def serve(
     from vmcrypt.kms.server import KmsConfig, KmsServer
     from vmcrypt.pki.layout import init_pki
 
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise UsageError(f"--log-level {log_level!r}: use debug, info, warning or error")
-    # A server logs with timestamps at the level asked, not the CLI's one-line warnings.
-    logger = logging.getLogger("vmcrypt")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.setLevel(level)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_server_logging(log_level)
     given = [p for p in (cert, key, ca) if p is not None]
     if given and len(given) != 3:
         raise UsageError("give --cert, --key and --ca together, or none to use DATA_DIR/pki")
