@@ -159,6 +159,48 @@ class HostClient:
                                   params={"offset": offset}, content=data).json()["written"]
         return written
 
+    # --- encryption state and jobs ----------------------------------------------------
+
+    def encrypt(self, vm_id: str, disk: int | None, *, provider_id: str | None = None,
+                key_id: str | None = None) -> str:
+        """Start encrypting VM home (``disk=None``) or one disk; the host job's ID.
+
+        Without ``provider_id`` a disk is encrypted under VM home's KEK.
+        """
+        body: dict[str, Any] = {"disk": disk}
+        if provider_id is not None:
+            body["key"] = {"provider_id": provider_id, "key_id": key_id}
+        job_id: str = self._call("POST", f"/vms/{vm_id}/encrypt", json=body).json()["job_id"]
+        return job_id
+
+    def decrypt(self, vm_id: str, disk: int | None) -> str:
+        """Start decrypting VM home (``disk=None``) or one disk; the host job's ID."""
+        job_id: str = self._call("POST", f"/vms/{vm_id}/decrypt",
+                                 json={"disk": disk}).json()["job_id"]
+        return job_id
+
+    def shallow_rekey(self, vm_id: str, *, provider_id: str, key_id: str) -> dict[str, Any]:
+        """Re-wrap every DEK of the VM under the KEK named; the host's new view of the VM."""
+        body = {"mode": "shallow", "key": {"provider_id": provider_id, "key_id": key_id}}
+        result: dict[str, Any] = self._call("POST", f"/vms/{vm_id}/rekey", json=body).json()
+        return result
+
+    def deep_rekey(self, vm_id: str) -> str:
+        """Start a deep re-key (new DEKs, data re-encrypted, KEKs kept); the host job's ID."""
+        job_id: str = self._call("POST", f"/vms/{vm_id}/rekey",
+                                 json={"mode": "deep"}).json()["job_id"]
+        return job_id
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """State, percent, bytes, rate and error of a host job."""
+        result: dict[str, Any] = self._call("GET", f"/jobs/{job_id}").json()
+        return result
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Ask a host job to stop at its next safe point."""
+        result: dict[str, Any] = self._call("POST", f"/jobs/{job_id}/cancel").json()
+        return result
+
     # --- plumbing ---------------------------------------------------------------------
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

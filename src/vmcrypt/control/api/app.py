@@ -13,7 +13,7 @@ from typing import Final
 from fastapi import FastAPI
 
 from vmcrypt.control.api.errors import install_error_handlers
-from vmcrypt.control.api.routers import ROUTERS, enrolment, vms
+from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, vms
 from vmcrypt.control.db.engine import Database
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
@@ -53,4 +53,5 @@ def create_app(
         app.state.hosts = hosts
         for vm_router in vms.ROUTERS:
             app.include_router(vm_router, prefix=API_PREFIX)
+        app.include_router(jobs.router, prefix=API_PREFIX)
     return app

@@ -10,11 +10,11 @@ list only what a reader may see: never a sealed key, a token hash or a key.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from vmcrypt.control.db.models import ConnectionState, ProviderKind, Severity
+from vmcrypt.control.db.models import ConnectionState, JobState, ProviderKind, Severity
 from vmcrypt.control.privileges import BUILTIN_ROLES
 
 __all__ = [
@@ -22,15 +22,19 @@ __all__ = [
     "BackupRequest",
     "ClusterCreate",
     "ClusterPublic",
+    "ComponentRequest",
     "DatastoreCreate",
     "DatastorePublic",
     "EventPublic",
     "HostCreate",
     "HostPublic",
+    "JobPublic",
     "KeyProviderPublic",
     "KmsServerCreate",
     "KmsServerPublic",
     "NativeProviderCreate",
+    "RekeyRequest",
+    "RekeyResult",
     "RestoreRequest",
     "StandardProviderCreate",
     "StoragePolicyCreate",
@@ -259,3 +263,43 @@ class EventPublic(_Public):
     user_name: str | None
     message: str
     details: dict[str, object]
+
+
+class ComponentRequest(BaseModel):
+    """Which component to encrypt or decrypt: ``"home"`` (VM home) or a disk index."""
+
+    component: Literal["home"] | Annotated[int, Field(ge=0, le=63)]
+
+
+class RekeyRequest(BaseModel):
+    """Shallow (new KEK, DEKs re-wrapped, at once) or deep (new DEKs, a job)."""
+
+    deep: bool = False
+
+
+class RekeyResult(BaseModel):
+    """A shallow re-key's outcome: the new key ID (None for a native provider's VM)."""
+
+    vm_id: int
+    key_id: str | None
+    key_ids: dict[str, str | None]
+
+
+class JobPublic(_Public):
+    """A long operation and its progress, as last polled from the host doing it."""
+
+    id: int
+    type: str
+    target_type: str
+    target_id: str
+    state: JobState
+    user_name: str | None
+    progress_percent: float
+    bytes_done: int
+    bytes_total: int | None
+    rate_bytes_per_second: float | None
+    cancel_requested: bool
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -14,13 +14,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from vmcrypt.control.api.deps import AuditedRoute, SessionDep, requires
+from vmcrypt.control.api.deps import AuditedRoute, CurrentUser, SessionDep, requires
+from vmcrypt.control.api.schemas import ComponentRequest, JobPublic, RekeyRequest, RekeyResult
 from vmcrypt.control.db.models import Host, VirtualMachine
 from vmcrypt.control.db.repo import list_vms
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.privileges import (
     CRYPTO_ACCESS,
+    CRYPTO_DECRYPT,
+    CRYPTO_ENCRYPT,
     CRYPTO_ENCRYPT_NEW,
+    CRYPTO_RECRYPT,
     CRYPTO_REGISTER_HOST,
     CRYPTO_REGISTER_VM,
     SYSTEM_READ,
@@ -29,6 +33,7 @@ from vmcrypt.control.privileges import (
     VM_GUEST_DATA,
     VM_UNREGISTER,
 )
+from vmcrypt.control.services import crypto_ops
 from vmcrypt.control.services import vms as service
 from vmcrypt.control.services.keys import HostConnector, reconnect_host
 
@@ -122,6 +127,40 @@ def unlock(vm_id: int, session: SessionDep, hosts: Hosts) -> VmPublic:
     """Fetch and push a locked VM's keys again (CryptoUnlock)."""
     vm = fetch(session, VirtualMachine, vm_id)
     return _public(session, service.unlock(session, hosts, vm))
+
+
+@router.post("/{vm_id}/encrypt", status_code=202,
+             dependencies=[requires(CRYPTO_ENCRYPT)])
+def encrypt(vm_id: int, body: ComponentRequest, session: SessionDep, hosts: Hosts,
+            user: CurrentUser) -> JobPublic:
+    """Encrypt VM home, or a disk once VM home is; a job (poll ``/jobs/{id}``)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    job = crypto_ops.encrypt(session, hosts, vm, body.component, user_name=user.user_name)
+    return JobPublic.model_validate(job)
+
+
+@router.post("/{vm_id}/decrypt", status_code=202,
+             dependencies=[requires(CRYPTO_DECRYPT)])
+def decrypt(vm_id: int, body: ComponentRequest, session: SessionDep, hosts: Hosts,
+            user: CurrentUser) -> JobPublic:
+    """Decrypt a disk, or VM home once no disk is encrypted; a job (poll ``/jobs/{id}``)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    job = crypto_ops.decrypt(session, hosts, vm, body.component, user_name=user.user_name)
+    return JobPublic.model_validate(job)
+
+
+@router.post("/{vm_id}/rekey", response_model=None,
+             dependencies=[requires(CRYPTO_RECRYPT)])
+def rekey(vm_id: int, body: RekeyRequest, session: SessionDep, hosts: Hosts,
+          user: CurrentUser, response: Response) -> RekeyResult | JobPublic:
+    """Shallow: a new KEK now (200). Deep: new DEKs, data re-encrypted, as a job (202)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    if body.deep:
+        response.status_code = 202
+        job = crypto_ops.deep_rekey(session, hosts, vm, user_name=user.user_name)
+        return JobPublic.model_validate(job)
+    key_id = crypto_ops.shallow_rekey(session, hosts, vm)
+    return RekeyResult(vm_id=vm.id, key_id=key_id, key_ids=service.key_ids(session, vm))
 
 
 @router.get("/{vm_id}/disks/{index}/data", dependencies=[_DATA])
