@@ -49,6 +49,7 @@ test: lint typecheck pytest
 bench: $(STAMP) sysdeps-bench
 	$(PY) bench/disk_throughput.py
 	$(PY) bench/kms.py
+	$(PY) bench/control.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
