@@ -1,15 +1,18 @@
 """``vmcrypt vm …``: VMs through the control plane, which drives their hosts.
 
 Thin wrappers over ``/api/v1/vms``: create (encrypted when the storage policy says so),
-list, show, unregister, delete, unlock, and a disk's plaintext read and written through
-its host (``vm disk read|write``), in chunks with a progress bar, so data can be put in
-and checked after every operation. The control plane and the hosts hold the keys; this
-command only ever sees key IDs and the plaintext the caller asked for.
+list, show, unregister, delete, unlock, encrypt, decrypt and re-key (jobs followed with
+a progress bar until they end: ``vm jobs``, ``vm wait``), and a disk's plaintext read
+and written through its host (``vm disk read|write``), in chunks with a progress bar,
+so data can be put in and checked after every operation. The control plane and the
+hosts hold the keys; this command only ever sees key IDs and the plaintext the caller
+asked for.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -28,15 +31,21 @@ from vmcrypt.cli.api_client import (
 from vmcrypt.cli.disk import parse_size
 from vmcrypt.cli.inventory import emit
 from vmcrypt.cli.output import out, print_json, progress_bar
+from vmcrypt.control.exceptions import Conflict
 from vmcrypt.exceptions import UsageError
 
 __all__ = ["vm_app"]
+
+#: Seconds between two polls of a job: a live bar without loading the control plane.
+POLL = 0.25
+_FINAL = ("succeeded", "failed", "cancelled")
 
 #: Bytes per request: large enough for throughput, small enough for a live progress bar.
 CHUNK = 4 << 20
 
 vm_app = typer.Typer(help="Virtual machines: create, inspect, unregister, delete, unlock, "
-                     "and read or write a disk's data through its host.",
+                     "encrypt, decrypt, re-key, follow jobs, and read or write a disk's "
+                     "data through its host.",
                      no_args_is_help=True)
 disk_app = typer.Typer(help="A VM disk's plaintext, through its host.", no_args_is_help=True)
 vm_app.add_typer(disk_app, name="disk")
@@ -157,6 +166,126 @@ def rm(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
         print_json({"id": vm_id, "name": name, "deleted": True})
     else:
         out.print(f"deleted {name}", highlight=False, markup=False)
+
+
+class JobFailed(Conflict):
+    """A job ended failed or cancelled; the VM's records match what its host left."""
+
+
+DiskOpt = Annotated[int | None, typer.Option("--disk", min=0, help="A disk index; "
+                                             "without it, VM home.")]
+
+
+def _follow(api: Any, job: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    """Poll a job until it ends, driving a progress bar; the final job, or JobFailed."""
+    with progress_bar(job["type"].split("@")[0], enabled=not quiet) as update:
+        while job["state"] not in _FINAL:
+            time.sleep(POLL)
+            job = api.get(f"/jobs/{job['id']}")
+            if update and job.get("bytes_total"):
+                update(int(job["bytes_done"]), int(job["bytes_total"]))
+        if update and job["state"] == "succeeded" and job.get("bytes_total"):
+            update(int(job["bytes_total"]), int(job["bytes_total"]))
+    if job["state"] != "succeeded":
+        raise JobFailed(f"job {job['id']} {job['state']}: {job.get('error') or 'cancelled'}")
+    return job
+
+
+def _crypto(name: str, action: str, disk: int | None, *, quiet: bool, url: str,
+            token: str | None, token_file: Path | None, ca: Path | None,
+            as_json: bool) -> None:
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        vm_id = resolve_id(api, "/vms", name, what="vm")
+        body = {"component": "home" if disk is None else disk}
+        job = _follow(api, api.post(f"/vms/{vm_id}/{action}", body), quiet=quiet or as_json)
+    if as_json:
+        print_json(job)
+    else:
+        what = "VM home" if disk is None else f"disk {disk}"
+        out.print(f"{action}ed {what} of {name} (job {job['id']})", highlight=False,
+                  markup=False)
+
+
+@vm_app.command("encrypt")
+def encrypt(name: NameArg, disk: DiskOpt = None, quiet: QuietOpt = False,
+            url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+            token_file: TokenFileOpt = None, ca: CaOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Encrypt VM home (first), or one disk, and wait for the job with a progress bar.
+
+    Example: vmcrypt vm encrypt web1 && vmcrypt vm encrypt web1 --disk 0
+    """
+    _crypto(name, "encrypt", disk, quiet=quiet, url=url, token=token,
+            token_file=token_file, ca=ca, as_json=as_json)
+
+
+@vm_app.command("decrypt")
+def decrypt(name: NameArg, disk: DiskOpt = None, quiet: QuietOpt = False,
+            url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+            token_file: TokenFileOpt = None, ca: CaOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Decrypt one disk, or VM home (once no disk is encrypted), and wait for the job.
+
+    Example: vmcrypt vm decrypt web1 --disk 0 && vmcrypt vm decrypt web1
+    """
+    _crypto(name, "decrypt", disk, quiet=quiet, url=url, token=token,
+            token_file=token_file, ca=ca, as_json=as_json)
+
+
+@vm_app.command("rekey")
+def rekey(name: NameArg,
+          deep: Annotated[bool, typer.Option("--deep", help="New DEKs and the data "
+                                             "re-encrypted (a job), not only a new KEK.")]
+          = False,
+          quiet: QuietOpt = False, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+          token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-key a VM: a new KEK (shallow, at once) or new DEKs too (--deep, a job).
+
+    Example: vmcrypt vm rekey web1 --deep
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        vm_id = resolve_id(api, "/vms", name, what="vm")
+        answer = api.post(f"/vms/{vm_id}/rekey", {"deep": deep})
+        if deep:
+            answer = _follow(api, answer, quiet=quiet or as_json)
+    if as_json:
+        print_json(answer)
+    elif deep:
+        out.print(f"deep re-keyed {name} (job {answer['id']})", highlight=False, markup=False)
+    else:
+        out.print(f"re-keyed {name}: new key ID {answer['key_id']}", highlight=False,
+                  markup=False)
+
+
+@vm_app.command("jobs")
+def jobs(name: Annotated[str | None, typer.Argument(help="Only this VM's jobs.")] = None,
+         url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+         ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """List jobs, newest first, as last polled (``vm wait`` follows one).
+
+    Example: vmcrypt vm jobs web1
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        params = {} if name is None else {"vm_id": resolve_id(api, "/vms", name, what="vm")}
+        rows = api.get("/jobs", params=params)
+    emit(as_json, rows, title="jobs", columns=["id", "type", "state", "progress_percent",
+                                               "bytes_done", "bytes_total", "error"])
+
+
+@vm_app.command("wait")
+def wait(job_id: Annotated[int, typer.Argument(help="The job's ID.")],
+         quiet: QuietOpt = False, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+         token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Follow a job with a progress bar until it ends; fails unless it succeeded.
+
+    Example: vmcrypt vm wait 12 --json
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        job = _follow(api, api.get(f"/jobs/{job_id}"), quiet=quiet or as_json)
+    if as_json:
+        print_json(job)
+    else:
+        out.print(f"job {job_id} succeeded", highlight=False, markup=False)
 
 
 @disk_app.command("read")
