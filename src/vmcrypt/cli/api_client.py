@@ -10,7 +10,7 @@ with each field's reason), or :class:`ControlPlaneUnreachable` naming the URL. N
 network or server problem.
 
 Settings come from flags or the environment, as govc does: ``--url``/``VMCRYPT_URL``
-(default ``https://127.0.0.1:8443``), ``--token``/``VMCRYPT_TOKEN`` or
+(default ``https://127.0.0.1:8440``), ``--token``/``VMCRYPT_TOKEN`` or
 ``--token-file``/``VMCRYPT_TOKEN_FILE``, and ``--ca``/``VMCRYPT_CA`` for the control
 plane's CA certificate. The token goes in the ``Authorization`` header and nowhere else:
 it is never printed, logged or put into an error message.
@@ -50,7 +50,7 @@ __all__ = [
     "resolve_id",
 ]
 
-DEFAULT_URL: Final = "https://127.0.0.1:8443"
+DEFAULT_URL: Final = "https://127.0.0.1:8440"
 API_PREFIX: Final = "/api/v1"
 _TIMEOUT: Final = 30.0
 
