@@ -324,6 +324,38 @@ def test_vms(control: Control) -> None:
                       str(len(data))).stdout == data
 
 
+def test_vm_crypto_jobs(control: Control) -> None:
+    """Deep re-key and decrypt (disk, then home) as jobs followed by the CLI; data survives
+    each step, and the order rule is refused with one line."""
+    _ensure_inventory(control)
+    if "native-jobs" not in [p["name"] for p in control.ok("policy", "ls", "--json").json]:
+        control.ok("policy", "create", "native-jobs", "--provider", "nkp")
+    control.ok("vm", "create", "jobs1", "--host", "esx1", "--datastore", "shared1",
+               "--disk", "1M", "--policy", "native-jobs")
+    data = os.urandom(50_000)
+    source = control.tmp / "jobs.bin"
+    source.write_bytes(data)
+    control.ok("vm", "disk", "write", "jobs1", "0", source)
+
+    def read_back() -> bytes:
+        return control.ok("vm", "disk", "read", "jobs1", "0", "--length",
+                          str(len(data))).stdout
+
+    deep = control.ok("vm", "rekey", "jobs1", "--deep", "--json").json
+    assert deep["state"] == "succeeded", deep
+    assert read_back() == data
+    control.fails("vm", "decrypt", "jobs1", code="Conflict", phrase="disk")
+    assert control.ok("vm", "decrypt", "jobs1", "--disk", "0", "--json").json[
+        "state"] == "succeeded"
+    assert control.ok("vm", "decrypt", "jobs1", "--json").json["state"] == "succeeded"
+    assert read_back() == data
+    info = control.ok("vm", "info", "jobs1", "--json").json
+    assert info["encrypted"] is False
+    jobs = control.ok("vm", "jobs", "jobs1", "--json").json
+    assert len(jobs) >= 3 and all(job["state"] == "succeeded" for job in jobs)
+    control.ok("vm", "rm", "jobs1")
+
+
 def test_token_never_printed(control: Control) -> None:
     assert control.cli.runs, "run the other tests of this module first"
     secret = control.token.encode()
