@@ -196,7 +196,7 @@ def acknowledge_no_backup(
 
 @router.post("/restore", dependencies=[_MANAGE])
 def restore(
-    body: RestoreRequest, session: SessionDep, sealing_key: MasterKey
+    body: RestoreRequest, session: SessionDep, sealing_key: MasterKey, hosts: MaybeHosts
 ) -> KeyProviderPublic | BackupInfoPublic:
     """Re-create a native provider from its backup; ``dry_run`` only checks the file.
 
@@ -214,7 +214,9 @@ def restore(
             created_at=info.created_at,
         )
     native = NativeKeyProvider.restore(data, body.password, sealing_key=sealing_key)
-    return KeyProviderPublic.model_validate(_store_native(session, native, is_default=False))
+    row = _store_native(session, native, is_default=False)
+    _push_if_usable(session, hosts, row, native, sealing_key)  # restored = backed up
+    return KeyProviderPublic.model_validate(row)
 
 
 def _store_native(session: Session, native: NativeKeyProvider, *, is_default: bool) -> KeyProvider:
