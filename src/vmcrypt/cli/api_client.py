@@ -47,6 +47,7 @@ __all__ = [
     "UrlOpt",
     "connect",
     "error_from_response",
+    "post_named_action",
     "resolve_id",
 ]
 
@@ -234,3 +235,22 @@ _LS: Final = {
     "cluster": "cluster ls", "host": "host ls", "datastore": "datastore ls",
     "key provider": "kp ls", "storage policy": "policy ls", "user": "user ls", "vm": "vm ls",
 }
+
+
+def post_named_action(collection: str, what: str, name: str, action: str, *, url: str,
+                      token: str | None, token_file: Path | None, ca: Path | None,
+                      as_json: bool, done: str) -> None:
+    """``POST {collection}/{id}/{action}`` for the object called ``name``, then report.
+
+    The shape of every "do X to the VM / provider named N" command: resolve the name,
+    post, and print either the returned record (``--json``) or one line for people.
+    """
+    from vmcrypt.cli.output import out, print_json
+
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        object_id = resolve_id(api, collection, name, what=what)
+        record = api.post(f"{collection}/{object_id}/{action}")
+    if as_json:
+        print_json(record)
+    else:
+        out.print(done, highlight=False, markup=False)

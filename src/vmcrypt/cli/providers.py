@@ -25,6 +25,7 @@ from vmcrypt.cli.api_client import (
     TokenOpt,
     UrlOpt,
     connect,
+    post_named_action,
     resolve_id,
 )
 from vmcrypt.cli.inventory import emit
@@ -174,13 +175,8 @@ def info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
 
 def _action(name: str, action: str, *, url: str, token: str | None, token_file: Path | None,
             ca: Path | None, as_json: bool, done: str) -> None:
-    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
-        provider_id = resolve_id(api, "/key-providers", name, what="key provider")
-        record = api.post(f"/key-providers/{provider_id}/{action}")
-    if as_json:
-        print_json(record)
-    else:
-        out.print(done, highlight=False, markup=False)
+    post_named_action("/key-providers", "key provider", name, action, url=url, token=token,
+                      token_file=token_file, ca=ca, as_json=as_json, done=done)
 
 
 @kp_app.command("default")

@@ -26,6 +26,7 @@ from vmcrypt.cli.api_client import (
     TokenOpt,
     UrlOpt,
     connect,
+    post_named_action,
     resolve_id,
 )
 from vmcrypt.cli.disk import parse_size
@@ -121,12 +122,8 @@ def info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
 
 def _post(name: str, action: str, *, url: str, token: str | None, token_file: Path | None,
           ca: Path | None, as_json: bool, done: str) -> None:
-    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
-        record = api.post(f"/vms/{resolve_id(api, '/vms', name, what='vm')}/{action}")
-    if as_json:
-        print_json(record)
-    else:
-        out.print(done, highlight=False, markup=False)
+    post_named_action("/vms", "vm", name, action, url=url, token=token,
+                      token_file=token_file, ca=ca, as_json=as_json, done=done)
 
 
 @vm_app.command("unregister")
