@@ -8,7 +8,9 @@ uses against a standard key provider.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,14 +81,17 @@ def pykmip_port(pki: PkiLayout, tmp_path_factory: pytest.TempPathFactory) -> Ite
         [str(PYKMIP_SERVER), "-f", str(config), "-l", str(log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        start_new_session=True,  # its policy monitor is a child process: kill the group
     )
     try:
         _wait_listening(port, process, log)
         yield port
     finally:
-        # SIGKILL: its database is a throw-away file, and on SIGTERM PyKMIP waits for its
-        # connection threads for up to ten seconds.
-        process.kill()
+        # SIGKILL to the whole group: its database is a throw-away file, on SIGTERM PyKMIP
+        # waits for its connection threads for up to ten seconds, and killing only the
+        # server left its policy-monitor process running after the tests.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
