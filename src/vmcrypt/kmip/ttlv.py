@@ -43,7 +43,6 @@ _TAG_PREFIXES = (0x42, 0x54)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_SECONDS = int((datetime.min.replace(tzinfo=UTC) - _EPOCH).total_seconds())
 _MAX_SECONDS = int((datetime.max.replace(tzinfo=UTC, microsecond=0) - _EPOCH).total_seconds())
-_HEADER = struct.Struct(">3sBI")
 #: The header read as two words: tag (24 bits) and type (8 bits), then length.
 _WORDS = struct.Struct(">II")
 

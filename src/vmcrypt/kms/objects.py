@@ -16,7 +16,6 @@ from vmcrypt.kmip.items import (
     enum,
     find,
     find_all,
-    integer,
     structure,
     text,
 )
@@ -182,8 +181,3 @@ def key_block(obj: ManagedObject, material: bytes, key_format: KeyFormatType) ->
             Item(Tag.CRYPTOGRAPHIC_LENGTH, ItemType.INTEGER, length.value),
         ),
     )
-
-
-def index_item(index: int) -> Item:
-    """An Attribute Index item."""
-    return integer(Tag.ATTRIBUTE_INDEX, index)

@@ -75,7 +75,6 @@ class ManagedObject:
     object_type: ObjectType
     owner: str | None
     attributes: dict[str, dict[int, Item]] = field(default_factory=dict)
-    has_material: bool = True
 
     def values(self, name: str) -> list[Item]:
         """Every instance of an attribute, by index."""
@@ -184,7 +183,7 @@ class Store:
         """
         with self._lock:
             row = self._db.execute(
-                "SELECT object_type, owner, material IS NOT NULL FROM objects WHERE uid = ?",
+                "SELECT object_type, owner FROM objects WHERE uid = ?",
                 (uid,),
             ).fetchone()
             if row is None:
@@ -199,8 +198,7 @@ class Store:
                     f"SELECT name, idx, value FROM attributes WHERE uid = ? AND name IN ({marks})",  # noqa: S608
                     (uid, *names),
                 ).fetchall()
-        obj = ManagedObject(uid=uid, object_type=ObjectType(row[0]), owner=row[1],
-                            has_material=bool(row[2]))
+        obj = ManagedObject(uid=uid, object_type=ObjectType(row[0]), owner=row[1])
         for name, index, value in rows:
             obj.attributes.setdefault(name, {})[index] = decode(value)
         return obj
