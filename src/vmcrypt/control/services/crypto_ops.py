@@ -58,7 +58,7 @@ from vmcrypt.control.services.vms import host_of
 from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
 
 __all__ = ["JobRef", "cancel", "decrypt", "deep_rekey", "encrypt", "job_ref", "poll",
-           "shallow_rekey"]
+           "shallow_rekey", "track_host_job"]
 
 Component = Literal["home"] | int
 _FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -105,7 +105,7 @@ def encrypt(session: Session, hosts: HostConnector, vm: VirtualMachine, componen
             host_job = client.encrypt(vm.instance_uuid, None, provider_id=provider.name)
         else:
             raise Conflict(f"encrypting with a {provider.kind} provider is not supported yet")
-        return _job(session, vm, "vm.encrypt", "home", host_job, user_name)
+        return track_host_job(session, vm, "vm.encrypt", "home", host_job, user_name)
     disk = _disk(vm, component)
     home = records.get("home")
     if home is None:
@@ -116,7 +116,7 @@ def encrypt(session: Session, hosts: HostConnector, vm: VirtualMachine, componen
     if home.key_id is not None:
         _push_existing(session, hosts, vm, home.provider, home.key_id)
     host_job = client.encrypt(vm.instance_uuid, disk)
-    return _job(session, vm, "vm.encrypt", f"disk-{disk}", host_job, user_name)
+    return track_host_job(session, vm, "vm.encrypt", f"disk-{disk}", host_job, user_name)
 
 
 def decrypt(session: Session, hosts: HostConnector, vm: VirtualMachine, component: Component,
@@ -137,7 +137,7 @@ def decrypt(session: Session, hosts: HostConnector, vm: VirtualMachine, componen
         _push_existing(session, hosts, vm, record.provider, record.key_id)
     disk = None if name == "home" else int(name.removeprefix("disk-"))
     host_job = client.decrypt(vm.instance_uuid, disk)
-    return _job(session, vm, "vm.decrypt", name, host_job, user_name)
+    return track_host_job(session, vm, "vm.decrypt", name, host_job, user_name)
 
 
 def shallow_rekey(session: Session, hosts: HostConnector, vm: VirtualMachine) -> str | None:
@@ -173,7 +173,7 @@ def deep_rekey(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
         if record.key_id is not None:
             _push_existing(session, hosts, vm, record.provider, record.key_id)
     host_job = client.deep_rekey(vm.instance_uuid)
-    return _job(session, vm, "vm.rekey-deep", "all", host_job, user_name)
+    return track_host_job(session, vm, "vm.rekey-deep", "all", host_job, user_name)
 
 
 def poll(session: Session, hosts: HostConnector, job: Job) -> Job:
@@ -283,8 +283,13 @@ def _push_or_refuse(session: Session, hosts: HostConnector, vm: VirtualMachine,
         raise Conflict(f"the KEK could not be pushed to host {own.name!r}: see the events")
 
 
-def _job(session: Session, vm: VirtualMachine, operation: str, component: str,
-         host_job: str, user_name: str | None) -> Job:
+def track_host_job(session: Session, vm: VirtualMachine, operation: str, component: str,
+                   host_job: str, user_name: str | None) -> Job:
+    """A control-plane job following ``host_job`` on the VM's host, polled by :func:`poll`.
+
+    When the host job ends, :func:`poll` sets ``vm``'s encryption records from the
+    host's view, so ``vm`` must be the VM whose keySafes the job changes.
+    """
     assert vm.host_id is not None
     ref = JobRef(operation, component, vm.host_id, host_job)
     return create_job(session, type=ref.type(), target_type="vm", target_id=vm.id,
