@@ -8,7 +8,9 @@ layer enforces that, so the routes carry no other authentication.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import secrets
+
+from fastapi import APIRouter, FastAPI, Request
 
 from vmcrypt import __version__
 from vmcrypt.host.api import data, jobs, keys, vms
@@ -24,11 +26,17 @@ _health = APIRouter(tags=["health"])
 
 
 @_health.get("/health")
-def health(state: StateDep) -> Health:
-    """Who this host is and how many keys it holds (counts, never keys)."""
+def health(state: StateDep, request: Request) -> Health:
+    """Who this host is and how many keys it holds (counts, never keys).
+
+    ``boot_id`` is random per app (per process): the control plane's host monitor
+    compares it between polls to notice a restart, i.e. an empty key cache, even when
+    the restart was quicker than one poll interval.
+    """
     return Health(
         name=state.name,
         hardware_uuid=state.hardware_uuid,
+        boot_id=request.app.state.boot_id,
         version=__version__,
         keks=len(state.cache.key_ids()),
         native_providers=len(state.cache.native_provider_ids()),
@@ -45,6 +53,7 @@ def create_app(state: HostState) -> FastAPI:
         description="The host agent: keys in memory, cryptography on VM data.",
     )
     app.state.host = state
+    app.state.boot_id = secrets.token_hex(16)
     for router in (_health, keys.router, vms.router, data.router, jobs.router):
         app.include_router(router, prefix=API_PREFIX)
     install_error_handlers(app)

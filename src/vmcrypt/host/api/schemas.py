@@ -101,6 +101,8 @@ class KeyList(BaseModel):
 class Health(BaseModel):
     name: str
     hardware_uuid: str
+    #: Random per process: a new value means the host restarted (its key cache is empty).
+    boot_id: str
     version: str
     keks: int
     native_providers: int
