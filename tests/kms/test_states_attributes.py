@@ -121,7 +121,7 @@ def test_modifying_the_activation_date_to_the_past_activates(kmip: KmipConn) -> 
     assert _state(kmip, uid) is State.ACTIVE
     # 3.24: once Active, the Activation Date no longer changes.
     kmip.fails(Operation.MODIFY_ATTRIBUTE, attribute_payload(
-        uid, attribute("Activation Date", future)), ResultReason.ILLEGAL_OPERATION)
+        uid, attribute("Activation Date", future)), ResultReason.PERMISSION_DENIED)
 
 
 def test_revoke_deactivates_an_active_key(kmip: KmipConn) -> None:

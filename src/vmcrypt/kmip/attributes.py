@@ -109,6 +109,7 @@ SPECS: dict[str, AttributeSpec] = {
         AttributeSpec("Extractable", _B, deletable=False),      # 3.43
         _server("Never Extractable", _B),                       # 3.44
         _server("Original Creation Date", _D),                  # 3.45
+        AttributeSpec("Alternative Name", _S, multi=True),      # (1.2)
     )
 }
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from enum import IntEnum
 
 __all__ = [
+    "AlternativeNameType",
     "BatchErrorContinuationOption",
     "BlockCipherMode",
     "CryptographicAlgorithm",
     "CryptographicUsageMask",
+    "HashingAlgorithm",
     "KeyFormatType",
     "NameType",
     "ObjectType",
@@ -62,6 +64,9 @@ class Tag(IntEnum):
     CUSTOM_ATTRIBUTE = 0x42002D
     DEACTIVATION_DATE = 0x42002F
     DESTROY_DATE = 0x420033
+    DIGEST = 0x420034
+    DIGEST_VALUE = 0x420035
+    HASHING_ALGORITHM = 0x420038
     INITIAL_DATE = 0x420039
     IV_COUNTER_NONCE = 0x42003D
     KEY = 0x42003F
@@ -118,6 +123,9 @@ class Tag(IntEnum):
     OBJECT_GROUP_MEMBER = 0x4200AC
     KEY_VALUE_PRESENT = 0x4200BB
     ORIGINAL_CREATION_DATE = 0x4200BC
+    ALTERNATIVE_NAME = 0x4200BF
+    ALTERNATIVE_NAME_VALUE = 0x4200C0
+    ALTERNATIVE_NAME_TYPE = 0x4200C1
     DATA = 0x4200C2
     TAG_LENGTH = 0x4200CE
     OFFSET_ITEMS = 0x4200D4
@@ -265,6 +273,27 @@ class NameType(IntEnum):
 
     UNINTERPRETED_TEXT_STRING = 0x01
     URI = 0x02
+
+
+class AlternativeNameType(IntEnum):
+    """Alternative Name Type — KMIP 1.4, 9.1.3.2."""
+
+    UNINTERPRETED_TEXT_STRING = 0x01
+    URI = 0x02
+    OBJECT_SERIAL_NUMBER = 0x03
+    EMAIL_ADDRESS = 0x04
+    DNS_NAME = 0x05
+    X500_DISTINGUISHED_NAME = 0x06
+    IP_ADDRESS = 0x07
+
+
+class HashingAlgorithm(IntEnum):
+    """Hashing Algorithm (the SHA-2 subset) — KMIP 1.4, 9.1.3.2."""
+
+    SHA_224 = 0x05
+    SHA_256 = 0x06
+    SHA_384 = 0x07
+    SHA_512 = 0x08
 
 
 class KeyFormatType(IntEnum):

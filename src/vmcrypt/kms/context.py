@@ -42,7 +42,7 @@ class Context:
                 ResultReason.MISSING_DATA,
                 "no Unique Identifier given and no earlier batch item set the ID Placeholder",
             )
-        # Only operations that produce an object (Create, Register) set the placeholder.
+        # Create and Register set the placeholder, and Locate when it finds one object.
         return uid
 
     def load(self, uid: str, *, names: Sequence[str] | None = None) -> ManagedObject:

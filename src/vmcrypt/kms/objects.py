@@ -7,6 +7,7 @@ operations (the client's rights over each attribute, from
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from vmcrypt.kmip.attributes import SPECS, Attribute, is_custom
@@ -21,6 +22,7 @@ from vmcrypt.kmip.items import (
 )
 from vmcrypt.kmip.tags import (
     CryptographicAlgorithm,
+    HashingAlgorithm,
     KeyFormatType,
     ObjectType,
     ResultReason,
@@ -35,6 +37,7 @@ from vmcrypt.kms.store import ManagedObject
 __all__ = [
     "AES_LENGTHS",
     "check_client_may_set",
+    "digest",
     "key_block",
     "new_key_object",
     "template_attributes",
@@ -147,6 +150,20 @@ def new_key_object(
     for name, value in server.items():
         obj.attributes[name] = {0: value}
     return obj
+
+
+def digest(material: bytes) -> Item:
+    """The Digest attribute value (3.17): SHA-256 of the Raw key, set by the server.
+
+    Clients compare digests to check two servers hold the same key without moving it;
+    the OASIS lifecycle test cases (SKLC-M-1/2/3-14) expect one on every new key.
+    """
+    return structure(
+        Tag.ATTRIBUTE_VALUE,
+        enum(Tag.HASHING_ALGORITHM, HashingAlgorithm.SHA_256),
+        byte_string(Tag.DIGEST_VALUE, hashlib.sha256(material).digest()),
+        enum(Tag.KEY_FORMAT_TYPE, KeyFormatType.RAW),
+    )
 
 
 def touch(ctx: Context, obj: ManagedObject) -> None:

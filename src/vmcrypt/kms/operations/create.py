@@ -13,7 +13,7 @@ from vmcrypt.kmip.tags import ObjectType, ResultReason, Tag
 from vmcrypt.kmip.ttlv import Item
 from vmcrypt.kms.context import Context, response
 from vmcrypt.kms.errors import OperationError
-from vmcrypt.kms.objects import new_key_object, template_attributes
+from vmcrypt.kms.objects import digest, new_key_object, template_attributes
 
 
 def run(ctx: Context, payload: Item) -> Item:
@@ -28,7 +28,9 @@ def run(ctx: Context, payload: Item) -> Item:
     obj = new_key_object(ctx, attributes=template_attributes(payload))
     length = obj.first("Cryptographic Length")
     assert length is not None and isinstance(length.value, int)
-    ctx.store.insert(obj, os.urandom(length.value // 8))
+    material = os.urandom(length.value // 8)
+    obj.attributes["Digest"] = {0: digest(material)}
+    ctx.store.insert(obj, material)
     ctx.id_placeholder = obj.uid
     return response(
         enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY), text(Tag.UNIQUE_IDENTIFIER, obj.uid)

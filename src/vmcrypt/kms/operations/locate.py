@@ -29,7 +29,29 @@ def run(ctx: Context, payload: Item) -> Item:
     mask = get_int(payload, Tag.STORAGE_STATUS_MASK, required=False)
     if (maximum is not None and maximum < 0) or offset < 0:
         raise OperationError(ResultReason.INVALID_FIELD, "Maximum/Offset Items must be >= 0")
-    attributes = [Attribute.from_item(item) for item in find_all(payload, Tag.ATTRIBUTE)]
+    equal, ranges = _filters([Attribute.from_item(i) for i in find_all(payload, Tag.ATTRIBUTE)])
+    if mask is not None and not mask & StorageStatusMask.ONLINE_STORAGE:
+        found: list[str] = []  # this server archives nothing
+    else:
+        found = ctx.store.candidates(equal)
+    if ranges:
+        found = [uid for uid in found if _in_ranges(ctx, uid, ranges)]
+    total = len(found)
+    found = found[offset:]
+    if maximum is not None:
+        found = found[:maximum]
+    if len(found) == 1:
+        # The OASIS Tape Library cases (TL-M-3-14) batch Locate with Get/Modify Attribute
+        # that name no object: a single match becomes the ID Placeholder. With several
+        # matches the placeholder is left alone, so a following item cannot pick one by luck.
+        ctx.id_placeholder = found[0]
+    located = integer(Tag.LOCATED_ITEMS, total) if ctx.version >= _LOCATED_ITEMS_SINCE else None
+    return response(located, *(text(Tag.UNIQUE_IDENTIFIER, uid) for uid in found))
+
+
+def _filters(attributes: list[Attribute]
+             ) -> tuple[list[tuple[str, Item]], list[tuple[str, datetime, datetime]]]:
+    """Equality filters for SQL, and date ranges (a date attribute given twice)."""
     dates: dict[str, list[datetime]] = {}
     equal: list[tuple[str, Item]] = []
     for attribute in attributes:
@@ -48,18 +70,7 @@ def run(ctx: Context, payload: Item) -> Item:
             raise OperationError(
                 ResultReason.INVALID_FIELD, f"date attribute {name!r} given more than twice"
             )
-    if mask is not None and not mask & StorageStatusMask.ONLINE_STORAGE:
-        found: list[str] = []  # this server archives nothing
-    else:
-        found = ctx.store.candidates(equal)
-    if ranges:
-        found = [uid for uid in found if _in_ranges(ctx, uid, ranges)]
-    total = len(found)
-    found = found[offset:]
-    if maximum is not None:
-        found = found[:maximum]
-    located = integer(Tag.LOCATED_ITEMS, total) if ctx.version >= _LOCATED_ITEMS_SINCE else None
-    return response(located, *(text(Tag.UNIQUE_IDENTIFIER, uid) for uid in found))
+    return equal, ranges
 
 
 def _in_ranges(ctx: Context, uid: str, ranges: list[tuple[str, datetime, datetime]]) -> bool:

@@ -2,7 +2,8 @@
 
 "If no Attribute Index is specified in the request, then the Attribute Index SHALL be
 assumed to be 0." Activation Date may change only while the key is Pre-Active (3.24);
-setting it to now or earlier activates the key.
+setting it to now or earlier activates the key. Changing it later is Permission Denied,
+the reason the OASIS case SKLC-M-3-14 expects.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def run(ctx: Context, payload: Item) -> Item:
     if attribute.name == "Activation Date":
         if state_of(obj) is not State.PRE_ACTIVE:
             raise OperationError(
-                ResultReason.ILLEGAL_OPERATION,
+                ResultReason.PERMISSION_DENIED,
                 "Activation Date can only change while the key is Pre-Active",
             )
         if isinstance(attribute.value.value, datetime) and attribute.value.value <= ctx.now:

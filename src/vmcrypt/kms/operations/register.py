@@ -7,7 +7,7 @@ from vmcrypt.kmip.tags import KeyFormatType, ObjectType, ResultReason, Tag
 from vmcrypt.kmip.ttlv import Item, ItemType
 from vmcrypt.kms.context import Context, response
 from vmcrypt.kms.errors import OperationError
-from vmcrypt.kms.objects import new_key_object, template_attributes
+from vmcrypt.kms.objects import digest, new_key_object, template_attributes
 
 
 def _material(symmetric_key: Item) -> tuple[bytes, int | None]:
@@ -70,6 +70,7 @@ def run(ctx: Context, payload: Item) -> Item:
         algorithm=algorithm.value if algorithm is not None and isinstance(
             algorithm.value, int) else None,
     )
+    obj.attributes["Digest"] = {0: digest(raw)}
     ctx.store.insert(obj, raw)
     ctx.id_placeholder = obj.uid
     return response(text(Tag.UNIQUE_IDENTIFIER, obj.uid))
