@@ -57,3 +57,17 @@ def test_failures_carry_their_error_and_listing_filters(session: Session) -> Non
     assert [j.id for j in repo.list_jobs(session, target_type="vm", target_id=2)] == [queued.id]
     with pytest.raises(NotFound):
         repo.request_cancel(session, job_id=999)
+
+
+def test_a_job_following_a_host_job_names_it_in_columns(session: Session) -> None:
+    host = repo.create_host(session, name="esx1",
+                            hardware_uuid="4c4c4544-0000-1000-8000-000000000001")
+    job = repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=1,
+                          component="disk-0", host_id=host.id, host_job_id="abc")
+    assert (job.type, job.component, job.host_id, job.host_job_id) == (
+        "vm.encrypt", "disk-0", host.id, "abc")
+    with pytest.raises(UsageError, match="together"):
+        repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=1,
+                        host_id=host.id)
+    with pytest.raises(UsageError, match="operation"):
+        repo.create_job(session, type="vm.encrypt:home@1:x", target_type="vm", target_id=1)

@@ -89,3 +89,40 @@ def test_database_url(target: str, expected: str) -> None:
 
 def test_a_plain_path_means_a_sqlite_file(tmp_path: Path) -> None:
     assert database_url(tmp_path / "c.db") == f"sqlite:///{tmp_path / 'c.db'}"
+
+
+def test_revision_0004_moves_packed_host_job_references_into_columns(
+        database: Database) -> None:
+    """Jobs written before 0004 packed their host job into ``type``; after it, columns."""
+    config = alembic_config()
+    with database.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+        connection.execute(text(
+            "INSERT INTO clusters (name, created_at) VALUES ('c', '2026-01-01')"))
+        connection.execute(text(
+            "INSERT INTO hosts (name, hardware_uuid, connection_state, created_at) "
+            "VALUES ('h', '4c4c4544-0000-1000-8000-000000000001', 'connected', '2026-01-01')"))
+        host_id = connection.execute(text("SELECT id FROM hosts")).scalar_one()
+        for kind in (f"vm.encrypt:disk-0@{host_id}:5f0c-job", "vm.rekey-deep:all@999:gone",
+                     "disk.rekey"):
+            connection.execute(text(
+                "INSERT INTO jobs (type, target_type, target_id, state, progress_percent, "
+                "bytes_done, cancel_requested, created_at) "
+                "VALUES (:t, 'vm', '1', 'running', 0, 0, 0, '2026-01-01')"), {"t": kind})
+        command.upgrade(config, "head")
+        rows = connection.execute(text(
+            "SELECT type, component, host_id, host_job_id FROM jobs ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [
+            ("vm.encrypt", "disk-0", host_id, "5f0c-job"),
+            ("vm.rekey-deep", "all", None, "gone"),  # its host record is gone
+            ("disk.rekey", None, None, None),
+        ]
+        command.downgrade(config, "0003")
+        packed = connection.execute(text("SELECT type FROM jobs ORDER BY id")).scalars().all()
+        assert packed == [f"vm.encrypt:disk-0@{host_id}:5f0c-job", "vm.rekey-deep",
+                          "disk.rekey"]
+        command.upgrade(config, "head")
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []

@@ -10,7 +10,9 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Float,
+    ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     event,
@@ -51,12 +53,22 @@ class Event(Base):
 
 
 class Job(Base):
-    """A long operation (encrypt, re-key, clone…) with progress a client can poll."""
+    """A long operation (encrypt, re-key, clone…) with progress a client can poll.
+
+    ``type`` is the operation (``vm.encrypt``). A job that follows a host job names the
+    component it changes (``home``, ``disk-0``, ``all``), the host and the host's own
+    job ID (revision 0004); the host holds the live progress, the row the last poll.
+    """
 
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     type: Mapped[str] = mapped_column(String(128), index=True)
+    component: Mapped[str | None] = mapped_column(String(32))
+    host_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("hosts.id", ondelete="SET NULL"), index=True
+    )
+    host_job_id: Mapped[str | None] = mapped_column(String(64))
     target_type: Mapped[str] = mapped_column(String(64))
     target_id: Mapped[str] = mapped_column(String(64))
     state: Mapped[JobState] = mapped_column(

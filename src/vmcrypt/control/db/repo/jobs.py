@@ -31,10 +31,23 @@ def create_job(
     target_id: str | int,
     user_name: str | None = None,
     bytes_total: int | None = None,
+    component: str | None = None,
+    host_id: int | None = None,
+    host_job_id: str | None = None,
 ) -> Job:
-    """A queued job acting on one object (``vm``/``disk``/…, its ID)."""
+    """A queued job acting on one object (``vm``/``disk``/…, its ID).
+
+    ``type`` is the operation (``vm.encrypt``); a job that follows a host job also names
+    the component it changes and the host job (``host_id`` and ``host_job_id``, both or
+    neither).
+    """
+    if (host_id is None) != (host_job_id is None):
+        raise UsageError("a job follows a host job by host ID and host job ID together")
+    if "@" in type:
+        raise UsageError(f"a job type is an operation such as vm.encrypt, not {type!r}")
     job = Job(type=type, target_type=target_type, target_id=str(target_id),
-              user_name=user_name, bytes_total=bytes_total)
+              user_name=user_name, bytes_total=bytes_total, component=component,
+              host_id=host_id, host_job_id=host_job_id)
     session.add(job)
     session.flush()
     return job
