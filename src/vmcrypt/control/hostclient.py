@@ -179,17 +179,44 @@ class HostClient:
                                  json={"disk": disk}).json()["job_id"]
         return job_id
 
-    def shallow_rekey(self, vm_id: str, *, provider_id: str, key_id: str) -> dict[str, Any]:
-        """Re-wrap every DEK of the VM under the KEK named; the host's new view of the VM."""
-        body = {"mode": "shallow", "key": {"provider_id": provider_id, "key_id": key_id}}
+    def shallow_rekey(self, vm_id: str, *, provider_id: str, key_id: str | None,
+                      home: bool = True, disks: list[int] | None = None) -> dict[str, Any]:
+        """Re-wrap DEKs under the KEK named; the host's new view of the VM.
+
+        ``key_id=None`` asks the host for a new KEK of a native provider (wrapped by its
+        primary key). ``home``/``disks`` choose the components (default: VM home and
+        every encrypted disk; ``disks=[]`` none).
+        """
+        body: dict[str, Any] = {"mode": "shallow", "home": home, "disks": disks,
+                                "key": {"provider_id": provider_id, "key_id": key_id}}
         result: dict[str, Any] = self._call("POST", f"/vms/{vm_id}/rekey", json=body).json()
         return result
 
-    def deep_rekey(self, vm_id: str) -> str:
-        """Start a deep re-key (new DEKs, data re-encrypted, KEKs kept); the host job's ID."""
-        job_id: str = self._call("POST", f"/vms/{vm_id}/rekey",
-                                 json={"mode": "deep"}).json()["job_id"]
+    def deep_rekey(self, vm_id: str, *, home: bool = True,
+                   disks: list[int] | None = None) -> str:
+        """Start a deep re-key (new DEKs, data re-encrypted, KEKs kept); the host job's ID.
+
+        ``home``/``disks`` choose the components as for :meth:`shallow_rekey`.
+        """
+        body: dict[str, Any] = {"mode": "deep", "home": home, "disks": disks}
+        job_id: str = self._call("POST", f"/vms/{vm_id}/rekey", json=body).json()["job_id"]
         return job_id
+
+    def add_disk(self, vm_id: str, size: int, *, encrypted: bool | None = None) -> int:
+        """Add a disk (encrypted under VM home's KEK when ``encrypted``); its index."""
+        index: int = self._call("POST", f"/vms/{vm_id}/disks",
+                                json={"size": size, "encrypted": encrypted}).json()["index"]
+        return index
+
+    def add_vtpm(self, vm_id: str) -> dict[str, Any]:
+        """Add a vTPM, its state sealed by VM home's DEK; the host's new view of the VM."""
+        result: dict[str, Any] = self._call("POST", f"/vms/{vm_id}/vtpm", json={}).json()
+        return result
+
+    def remove_vtpm(self, vm_id: str) -> dict[str, Any]:
+        """Remove the vTPM and its sealed state; the host's new view of the VM."""
+        result: dict[str, Any] = self._call("DELETE", f"/vms/{vm_id}/vtpm").json()
+        return result
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         """State, percent, bytes, rate and error of a host job."""

@@ -95,7 +95,9 @@ async def test_encrypt_rekey_decrypt_keep_the_data(
     assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == [key_id]
     assert (await post("encrypt", {"component": "home"})).status_code == 409
     job = await _wait(control, admin, await post("encrypt", {"component": 0}))
-    assert job["bytes_total"] == DISK and job["type"].startswith("vm.encrypt:disk-0@")
+    assert job["bytes_total"] == DISK
+    assert (job["type"], job["component"], job["host_id"]) == ("vm.encrypt", "disk-0",
+                                                               ids["esx-a"])
     assert (await _vm(control, admin, vm_id))["key_ids"] == {"home": key_id, "disk-0": key_id}
     assert await _read(control, admin, vm_id, 0) == PAYLOAD
     assert await _read(control, admin, vm_id, 1) == PAYLOAD

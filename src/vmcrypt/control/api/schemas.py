@@ -25,6 +25,7 @@ __all__ = [
     "ComponentRequest",
     "DatastoreCreate",
     "DatastorePublic",
+    "DiskCreate",
     "EventPublic",
     "HostCreate",
     "HostPublic",
@@ -272,17 +273,37 @@ class ComponentRequest(BaseModel):
 
 
 class RekeyRequest(BaseModel):
-    """Shallow (new KEK, DEKs re-wrapped, at once) or deep (new DEKs, a job)."""
+    """Shallow (new KEK, DEKs re-wrapped, at once) or deep (new DEKs, a job).
+
+    ``component`` is ``"home"`` (VM home only), a disk index, or ``"all"`` (VM home and
+    every encrypted disk, the default: ``{"deep": false}`` keeps its old meaning).
+    """
 
     deep: bool = False
+    component: Literal["home", "all"] | Annotated[int, Field(ge=0, le=63)] = "all"
 
 
 class RekeyResult(BaseModel):
     """A shallow re-key's outcome: the new key ID (None for a native provider's VM)."""
 
     vm_id: int
+    component: str = "all"
     key_id: str | None
     key_ids: dict[str, str | None]
+
+
+#: The host's limit (16 TiB); sizes are whole 4096-byte sectors.
+MAX_DISK_SIZE: int = 1 << 44
+
+
+class DiskCreate(BaseModel):
+    """A new disk: its size, and whether it is encrypted (default: iff VM home is)."""
+
+    size: int = Field(gt=0, le=MAX_DISK_SIZE, multiple_of=4096,
+                      description="bytes: a positive multiple of 4096, at most 16 TiB")
+    encrypted: bool | None = Field(
+        default=None, description="default: encrypted iff VM home is; true on a VM whose "
+        "home is clear is refused (409)")
 
 
 class JobPublic(_Public):
@@ -290,6 +311,9 @@ class JobPublic(_Public):
 
     id: int
     type: str
+    component: str | None = None
+    host_id: int | None = None
+    host_job_id: str | None = None
     target_type: str
     target_id: str
     state: JobState

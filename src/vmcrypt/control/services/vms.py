@@ -4,6 +4,10 @@ The control plane decides and stores IDs; providers hand out KEKs; hosts do the
 cryptography. Creating an encrypted VM follows the seeds' standard flow: a new KEK
 from the provider (tagged with the VM's name and instance UUID), its **key ID**
 recorded, the KEK pushed to every host of the cluster, then the host creates the VM.
+
+Each cryptographic step appends its ``crypto.*`` audit event (key IDs only) in the
+request's transaction: creating an encrypted VM, and unregistering, deleting or
+unlocking one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vmcrypt.control.db.repo import (
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict
 from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import (
     HostConnector,
     forget_keks,
@@ -46,7 +51,8 @@ __all__ = ["create", "delete", "host_of", "key_ids", "unlock", "unregister"]
 
 def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: int,
            host_id: int, disk_sizes: list[int],
-           storage_policy_id: int | None = None) -> VirtualMachine:
+           storage_policy_id: int | None = None,
+           user_name: str | None = None) -> VirtualMachine:
     """Create a VM on ``host_id``; encrypted when its storage policy says so."""
     vm = create_vm(session, name=name, datastore_id=datastore_id, host_id=host_id,
                    storage_policy_id=storage_policy_id)
@@ -57,7 +63,11 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
         client.create_vm(vm.instance_uuid, name, disk_sizes)
         return vm
     if provider.kind is ProviderKind.NATIVE:
-        return _create_native(session, client, vm, provider, disks, disk_sizes)
+        _create_native(session, client, vm, provider, disks, disk_sizes)
+        crypto_event(session, operation="create", vm=vm, component="all",
+                     user_name=user_name, provider=provider.name,
+                     details={"disks": len(disk_sizes)})
+        return vm
     if provider.kind is not ProviderKind.STANDARD:
         raise UsageError(f"creating {provider.kind} provider VMs through the control plane "
                          "is not supported yet: use a standard or native provider")
@@ -78,6 +88,8 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
         raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the events")
     client.create_vm(vm.instance_uuid, name, disk_sizes, provider_id=provider.name,
                      key_id=key_id)
+    crypto_event(session, operation="create", vm=vm, component="all", user_name=user_name,
+                 provider=provider.name, key_id=key_id, details={"disks": len(disk_sizes)})
     return vm
 
 
@@ -101,30 +113,52 @@ def _create_native(session: Session, client: HostClient, vm: VirtualMachine,
     return vm
 
 
-def unregister(session: Session, hosts: HostConnector, vm: VirtualMachine) -> list[str]:
+def unregister(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
+               user_name: str | None = None) -> list[str]:
     """Unregister a VM (files stay): its KEKs leave every host's cache; key IDs dropped."""
     if not vm.registered:
         raise Conflict(f"VM {vm.name!r} is not registered")
     dropped = forget_keks(session, hosts, vm)
+    _event(session, vm, "unregister", user_name, details={"dropped_key_ids": dropped})
     set_registration(session, vm_id=vm.id, host_id=None)
     return dropped
 
 
-def delete(session: Session, hosts: HostConnector, vm: VirtualMachine) -> None:
+def delete(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
+           user_name: str | None = None) -> None:
     """Delete a VM's files on its host, drop its KEKs from every host, forget the VM."""
+    dropped: list[str] = []
     if vm.registered:
         host_of(session, hosts, vm).delete_vm(vm.instance_uuid)
-        forget_keks(session, hosts, vm)
+        dropped = forget_keks(session, hosts, vm)
+    _event(session, vm, "delete", user_name, details={"dropped_key_ids": dropped})
     session.delete(vm)
     session.flush()
 
 
-def unlock(session: Session, hosts: HostConnector, vm: VirtualMachine) -> VirtualMachine:
+def unlock(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
+           user_name: str | None = None) -> VirtualMachine:
     """Retry getting and pushing a locked VM's keys (vSphere's CryptoUnlock)."""
     if not vm.registered:
         raise Conflict(f"VM {vm.name!r} is not registered: register it first")
     refresh_vm_keys(session, hosts, vm)
+    reason = vm.lock_reason.value if vm.lock_reason else None
+    _event(session, vm, "unlock", user_name, always=True,
+           result="failed" if vm.locked else "succeeded", details={"lock_reason": reason})
     return vm
+
+
+def _event(session: Session, vm: VirtualMachine, operation: str, user_name: str | None, *,
+           always: bool = False, result: str = "succeeded",
+           details: dict[str, object] | None = None) -> None:
+    """``crypto.<operation>`` naming VM home's KEK, for an encrypted VM (or ``always``)."""
+    records = encryption_records(session, vm_id=vm.id)
+    home = next((r for r in records if r.disk_id is None), None)
+    if home is None and not always:
+        return  # a VM with no encrypted component: nothing cryptographic happened
+    crypto_event(session, operation=operation, vm=vm, component="all", user_name=user_name,
+                 provider=home.provider.name if home else None,
+                 key_id=home.key_id if home else None, result=result, details=details)
 
 
 def host_of(session: Session, hosts: HostConnector, vm: VirtualMachine) -> HostClient:

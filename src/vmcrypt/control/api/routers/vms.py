@@ -1,9 +1,16 @@
 """``/vms`` and ``/hosts/{id}/reconnect``: encrypted VMs across the control plane and hosts.
 
-Handlers only translate HTTP to :mod:`vmcrypt.control.services.vms`; the services
-decide, the providers hand out KEKs and the hosts do the cryptography. The routers are
-mounted only when :func:`~vmcrypt.control.api.app.create_app` is given a host
-connector (how the control plane reaches host agents).
+Handlers only translate HTTP to :mod:`vmcrypt.control.services.vms` and
+:mod:`~vmcrypt.control.services.crypto_ops`; the services decide, the providers hand
+out KEKs and the hosts do the cryptography. The routers are mounted only when
+:func:`~vmcrypt.control.api.app.create_app` is given a host connector (how the control
+plane reaches host agents).
+
+Adding a disk needs ``VirtualMachine.Config.AddNewDisk`` always, and
+``Cryptographer.AddDisk`` only when the new disk will be encrypted (asked for, or by
+default because VM home is) — as in vSphere, where a user without cryptographic
+privileges may still add a clear disk to a clear VM. That second check is a dependency
+too (:func:`_add_disk_crypto`), so handlers still check nothing themselves.
 """
 
 from __future__ import annotations
@@ -15,12 +22,20 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from vmcrypt.control.api.deps import AuditedRoute, CurrentUser, SessionDep, requires
-from vmcrypt.control.api.schemas import ComponentRequest, JobPublic, RekeyRequest, RekeyResult
+from vmcrypt.control.api.schemas import (
+    ComponentRequest,
+    DiskCreate,
+    JobPublic,
+    RekeyRequest,
+    RekeyResult,
+)
 from vmcrypt.control.db.models import Host, VirtualMachine
-from vmcrypt.control.db.repo import list_vms
+from vmcrypt.control.db.repo import encryption_records, list_vms
 from vmcrypt.control.db.repo._common import fetch
+from vmcrypt.control.exceptions import PermissionDenied
 from vmcrypt.control.privileges import (
     CRYPTO_ACCESS,
+    CRYPTO_ADD_DISK,
     CRYPTO_DECRYPT,
     CRYPTO_ENCRYPT,
     CRYPTO_ENCRYPT_NEW,
@@ -28,6 +43,8 @@ from vmcrypt.control.privileges import (
     CRYPTO_REGISTER_HOST,
     CRYPTO_REGISTER_VM,
     SYSTEM_READ,
+    VM_ADD_NEW_DISK,
+    VM_CHANGE_SETTINGS,
     VM_CREATE,
     VM_DELETE,
     VM_GUEST_DATA,
@@ -37,7 +54,7 @@ from vmcrypt.control.services import crypto_ops
 from vmcrypt.control.services import vms as service
 from vmcrypt.control.services.keys import HostConnector, reconnect_host
 
-__all__ = ["ROUTERS", "VmCreate", "VmPublic", "host_router", "router"]
+__all__ = ["ROUTERS", "VmCreate", "VmDiskPublic", "VmPublic", "host_router", "router"]
 
 router = APIRouter(prefix="/vms", tags=["vms"], route_class=AuditedRoute)
 host_router = APIRouter(prefix="/hosts", tags=["hosts"], route_class=AuditedRoute)
@@ -63,8 +80,16 @@ class VmCreate(BaseModel):
     storage_policy_id: int | None = None
 
 
+class VmDiskPublic(BaseModel):
+    """One disk of a VM: index, size, and whether it is encrypted."""
+
+    index: int
+    size_bytes: int
+    encrypted: bool
+
+
 class VmPublic(BaseModel):
-    """A VM as the control plane knows it: key IDs only, and its lock state."""
+    """A VM as the control plane knows it: key IDs only, its disks, vTPM and lock state."""
 
     id: int
     name: str
@@ -76,22 +101,26 @@ class VmPublic(BaseModel):
     lock_reason: str | None
     encrypted: bool
     key_ids: dict[str, str | None]
+    vtpm: bool = False
+    disks: list[VmDiskPublic] = Field(default_factory=list)
 
 
 def _public(session: Any, vm: VirtualMachine) -> VmPublic:
     keys = service.key_ids(session, vm)
+    disks = [VmDiskPublic(index=d.index, size_bytes=d.size_bytes, encrypted=d.encrypted)
+             for d in sorted(vm.disks, key=lambda d: d.index)]
     return VmPublic(id=vm.id, name=vm.name, instance_uuid=vm.instance_uuid, host_id=vm.host_id,
                     cluster_id=vm.cluster_id, registered=vm.registered, locked=vm.locked,
                     lock_reason=vm.lock_reason.value if vm.lock_reason else None,
-                    encrypted="home" in keys, key_ids=keys)
+                    encrypted="home" in keys, key_ids=keys, vtpm=vm.has_vtpm, disks=disks)
 
 
 @router.post("", status_code=201, dependencies=[requires(VM_CREATE, CRYPTO_ENCRYPT_NEW)])
-def create(body: VmCreate, session: SessionDep, hosts: Hosts) -> VmPublic:
+def create(body: VmCreate, session: SessionDep, hosts: Hosts, user: CurrentUser) -> VmPublic:
     """Create a VM (home and disks), encrypted as its storage policy says."""
     vm = service.create(session, hosts, name=body.name, datastore_id=body.datastore_id,
                         host_id=body.host_id, disk_sizes=body.disks,
-                        storage_policy_id=body.storage_policy_id)
+                        storage_policy_id=body.storage_policy_id, user_name=user.user_name)
     return _public(session, vm)
 
 
@@ -108,25 +137,26 @@ def get(vm_id: int, session: SessionDep) -> VmPublic:
 
 
 @router.post("/{vm_id}/unregister", dependencies=[requires(VM_UNREGISTER, CRYPTO_REGISTER_VM)])
-def unregister(vm_id: int, session: SessionDep, hosts: Hosts) -> VmPublic:
+def unregister(vm_id: int, session: SessionDep, hosts: Hosts, user: CurrentUser) -> VmPublic:
     """Unregister a VM; its KEKs leave every host's cache (files stay)."""
     vm = fetch(session, VirtualMachine, vm_id)
-    service.unregister(session, hosts, vm)
+    service.unregister(session, hosts, vm, user_name=user.user_name)
     return _public(session, vm)
 
 
 @router.delete("/{vm_id}", status_code=204, dependencies=[requires(VM_DELETE)])
-def delete(vm_id: int, session: SessionDep, hosts: Hosts) -> Response:
+def delete(vm_id: int, session: SessionDep, hosts: Hosts, user: CurrentUser) -> Response:
     """Delete a VM and its files; its KEKs leave every host's cache."""
-    service.delete(session, hosts, fetch(session, VirtualMachine, vm_id))
+    service.delete(session, hosts, fetch(session, VirtualMachine, vm_id),
+                   user_name=user.user_name)
     return Response(status_code=204)
 
 
 @router.post("/{vm_id}/unlock", dependencies=[requires(CRYPTO_REGISTER_VM)])
-def unlock(vm_id: int, session: SessionDep, hosts: Hosts) -> VmPublic:
+def unlock(vm_id: int, session: SessionDep, hosts: Hosts, user: CurrentUser) -> VmPublic:
     """Fetch and push a locked VM's keys again (CryptoUnlock)."""
     vm = fetch(session, VirtualMachine, vm_id)
-    return _public(session, service.unlock(session, hosts, vm))
+    return _public(session, service.unlock(session, hosts, vm, user_name=user.user_name))
 
 
 @router.post("/{vm_id}/encrypt", status_code=202,
@@ -153,14 +183,62 @@ def decrypt(vm_id: int, body: ComponentRequest, session: SessionDep, hosts: Host
              dependencies=[requires(CRYPTO_RECRYPT)])
 def rekey(vm_id: int, body: RekeyRequest, session: SessionDep, hosts: Hosts,
           user: CurrentUser, response: Response) -> RekeyResult | JobPublic:
-    """Shallow: a new KEK now (200). Deep: new DEKs, data re-encrypted, as a job (202)."""
+    """Re-key VM home, one disk or all (default). Shallow: a new KEK now (200).
+    Deep: new DEKs, data re-encrypted, as a job (202)."""
     vm = fetch(session, VirtualMachine, vm_id)
     if body.deep:
         response.status_code = 202
-        job = crypto_ops.deep_rekey(session, hosts, vm, user_name=user.user_name)
+        job = crypto_ops.deep_rekey(session, hosts, vm, body.component,
+                                    user_name=user.user_name)
         return JobPublic.model_validate(job)
-    key_id = crypto_ops.shallow_rekey(session, hosts, vm)
-    return RekeyResult(vm_id=vm.id, key_id=key_id, key_ids=service.key_ids(session, vm))
+    key_id = crypto_ops.shallow_rekey(session, hosts, vm, body.component,
+                                      user_name=user.user_name)
+    label = body.component if isinstance(body.component, str) else f"disk-{body.component}"
+    return RekeyResult(vm_id=vm.id, component=label, key_id=key_id,
+                       key_ids=service.key_ids(session, vm))
+
+
+def _add_disk_crypto(vm_id: int, body: DiskCreate, session: SessionDep,
+                     principal: CurrentUser) -> None:
+    """Cryptographer.AddDisk, needed only when the new disk will be encrypted.
+
+    The outcome is known before the host is asked: ``encrypted`` if given, else whether
+    VM home is encrypted in the control plane's records.
+    """
+    encrypted = body.encrypted
+    if encrypted is None:
+        records = encryption_records(session, vm_id=fetch(session, VirtualMachine, vm_id).id)
+        encrypted = any(r.disk_id is None for r in records)
+    if encrypted and not principal.has(CRYPTO_ADD_DISK):
+        raise PermissionDenied(CRYPTO_ADD_DISK)
+
+
+@router.post("/{vm_id}/disks", status_code=201,
+             dependencies=[requires(VM_ADD_NEW_DISK), Depends(_add_disk_crypto)])
+def add_disk(vm_id: int, body: DiskCreate, session: SessionDep, hosts: Hosts,
+             user: CurrentUser) -> VmPublic:
+    """Add a disk: encrypted under VM home's KEK iff VM home is, unless ``encrypted`` says."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    crypto_ops.add_disk(session, hosts, vm, size=body.size, encrypted=body.encrypted,
+                        user_name=user.user_name)
+    return _public(session, vm)
+
+
+@router.post("/{vm_id}/vtpm", status_code=201,
+             dependencies=[requires(VM_CHANGE_SETTINGS, CRYPTO_ENCRYPT)])
+def add_vtpm(vm_id: int, session: SessionDep, hosts: Hosts, user: CurrentUser) -> VmPublic:
+    """Add a vTPM; VM home must be encrypted (its DEK seals the vTPM state on the host)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    return _public(session, crypto_ops.add_vtpm(session, hosts, vm, user_name=user.user_name))
+
+
+@router.delete("/{vm_id}/vtpm", dependencies=[requires(VM_CHANGE_SETTINGS, CRYPTO_DECRYPT)])
+def remove_vtpm(vm_id: int, session: SessionDep, hosts: Hosts,
+                user: CurrentUser) -> VmPublic:
+    """Remove the vTPM and its sealed state (VM home can then be decrypted)."""
+    vm = fetch(session, VirtualMachine, vm_id)
+    return _public(session, crypto_ops.remove_vtpm(session, hosts, vm,
+                                                   user_name=user.user_name))
 
 
 @router.get("/{vm_id}/disks/{index}/data", dependencies=[_DATA])
