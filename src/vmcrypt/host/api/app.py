@@ -13,7 +13,7 @@ import secrets
 from fastapi import APIRouter, FastAPI, Request
 
 from vmcrypt import __version__
-from vmcrypt.host.api import data, jobs, keys, vms
+from vmcrypt.host.api import data, jobs, keys, moves, vms
 from vmcrypt.host.api.errors import install_error_handlers
 from vmcrypt.host.api.schemas import Health
 from vmcrypt.host.api.state import HostState, StateDep
@@ -54,7 +54,7 @@ def create_app(state: HostState) -> FastAPI:
     )
     app.state.host = state
     app.state.boot_id = secrets.token_hex(16)
-    for router in (_health, keys.router, vms.router, data.router, jobs.router):
+    for router in (_health, keys.router, vms.router, data.router, jobs.router, moves.router):
         app.include_router(router, prefix=API_PREFIX)
     install_error_handlers(app)
     return app

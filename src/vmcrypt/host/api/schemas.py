@@ -21,6 +21,8 @@ from vmcrypt.host.vm import KeySpec
 from vmcrypt.providers.base import KekRef
 
 __all__ = [
+    "CloneAccepted",
+    "CloneRequest",
     "ComponentRequest",
     "DiskAdd",
     "DiskAdded",
@@ -276,3 +278,22 @@ def vm_public(cache: KeyCache, record: VmRecord) -> VmPublic:
         disks=[_disk(cache, d) for d in record.disks],
         vtpm=record.has_vtpm,
     )
+
+
+# -- clone and bundles (host/api/moves.py) ---------------------------------------------
+class CloneRequest(_Strict):
+    """A clone of a VM: its own instance UUID and name; ``key`` names its new KEK.
+
+    ``key`` is required for an encrypted VM (``key_id`` omitted: a new native KEK made
+    on this host) and must be absent for an unencrypted one, which clones as plaintext.
+    """
+
+    id: UUID | None = None
+    name: str = Field(min_length=1, max_length=200)
+    key: KeyRef | None = None
+
+
+class CloneAccepted(JobAccepted):
+    """The clone job, and the instance UUID the clone will have."""
+
+    vm_id: str

@@ -23,14 +23,18 @@ from vmcrypt.host.vm.lifecycle import (
     read_vm,
     remove_vtpm,
 )
+from vmcrypt.host.vm.mobility import Bundle, BundleReceiver, clone_vm, open_bundle
 from vmcrypt.host.vm.rekey import deep_rekey, shallow_rekey
 
 __all__ = [
+    "Bundle",
+    "BundleReceiver",
     "KeySpec",
     "Progress",
     "VmInfo",
     "add_disk",
     "add_vtpm",
+    "clone_vm",
     "create_vm",
     "decrypt_disk",
     "decrypt_home",
@@ -38,6 +42,7 @@ __all__ = [
     "delete_vm",
     "encrypt_disk",
     "encrypt_home",
+    "open_bundle",
     "open_disk",
     "read_disk",
     "read_vm",
