@@ -305,11 +305,15 @@ def poll(session: Session, hosts: HostConnector, job: Job) -> Job:
     state = JobState(remote["state"])
     if state in _FINAL:
         vm = fetch(session, VirtualMachine, int(job.target_id))
+        before = _records(session, vm)
+        used = before.get(ref.component)  # a decrypted component's record goes below
         _sync_records(session, client, vm)
         error = remote.get("error") or {}
         message = str(error.get("message", "failed")) if state is JobState.FAILED else None
         finish_job(session, job_id=job.id, state=state, error=message)
-        _ended(session, job, ref, vm, state, message)
+        after = _records(session, vm)
+        record = after.get(ref.component) or used or after.get("home")
+        _ended(session, job, ref, vm, state, message, record)
     return job
 
 
@@ -388,10 +392,8 @@ def _started(session: Session, job: Job, vm: VirtualMachine, *, provider: str | 
 
 
 def _ended(session: Session, job: Job, ref: JobRef, vm: VirtualMachine, state: JobState,
-           error: str | None) -> None:
-    """The job's final ``crypto.*`` event: its state and the component's key as left."""
-    records = _records(session, vm)
-    record = records.get(ref.component) or records.get("home")
+           error: str | None, record: EncryptionRecord | None) -> None:
+    """The job's final ``crypto.*`` event: its state and the key of the component."""
     crypto_event(session, operation=ref.operation.removeprefix("vm."), vm=vm,
                  component=ref.component, user_name=job.user_name,
                  provider=record.provider.name if record else None,
