@@ -7,9 +7,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.control.api.conftest import auth
+from tests.control.api.conftest import InProcessHosts, auth
 from tests.control.api.routes import ROUTES, Route
-from tests.control.api.seed import API, call, seed
+from tests.control.api.seed import API, call, for_caller, seed
 from tests.control.api.test_privileges import backup  # noqa: F401 — a fixture
 from vmcrypt.control.api import bootstrap_administrator
 from vmcrypt.control.api import deps as pipeline
@@ -27,12 +27,16 @@ async def _audit_events(client: httpx.AsyncClient, token: str) -> list[dict[str,
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
-async def test_each_route_audits_writes_only(client: httpx.AsyncClient, tokens: dict[str, str],
+async def test_each_route_audits_writes_only(full_client: httpx.AsyncClient,
+                                            tokens: dict[str, str],
+                                            in_process_hosts: InProcessHosts,
                                             backup: tuple[bytes, str],  # noqa: F811
                                             route: Route) -> None:
-    ids = await seed(client, tokens["admin"], backup)
+    client = full_client
+    ids = await seed(client, tokens["admin"], backup, in_process_hosts.datastore)
     before = await _audit_events(client, tokens["admin"])
-    response = await call(client, route, {**ids, "n": 0}, auth(tokens["admin"]))
+    mine = for_caller(ids, 3)
+    response = await call(client, route, mine, auth(tokens["admin"]))
     assert response.status_code < 400, response.text
     after = await _audit_events(client, tokens["admin"])
     new = after[: len(after) - len(before)]
@@ -41,14 +45,17 @@ async def test_each_route_audits_writes_only(client: httpx.AsyncClient, tokens: 
         return
     assert len(new) == 1
     event = new[0]
-    assert event["user_name"] == "admin"
+    # A public route (host enrolment) has no user: the host's token is not an API token.
+    assert event["user_name"] == (None if route.public else "admin")
     assert event["details"]["result"] == "succeeded"  # type: ignore[index]
     assert event["details"]["status"] == response.status_code  # type: ignore[index]
     assert event["details"]["method"] == route.method
-    dry_run = route.path == "/key-providers/restore"  # creates nothing, names nothing
-    assert (event["object_id"] is None) == dry_run
+    # A dry run creates nothing; /enrol answers with host_id, not an object id.
+    names_nothing = route.path in ("/key-providers/restore", "/enrol")
+    assert (event["object_id"] is None) == names_nothing
     assert ids["backup_password"] not in str(event)
     assert "correct horse" not in str(event)
+    assert mine["enrol_token"] not in str(event)
 
 
 async def test_denied_and_failed_writes_are_audited(client: httpx.AsyncClient,

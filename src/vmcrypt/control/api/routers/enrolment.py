@@ -5,9 +5,9 @@ A host has no API token and no certificate yet when it enrols, so ``/enrol`` and
 credential, checked by :func:`vmcrypt.control.enrolment.enrol`. Both are still
 :class:`AuditedRoute`\\ s, so every enrolment attempt is in the event log.
 
-The routes are left out of the OpenAPI document for now (``include_in_schema=False``):
-the route table of the privilege-matrix tests (``tests/control/api/routes.py``) lists
-bearer-authenticated routes only; adding these rows there is the next step.
+All three are in the OpenAPI document (tag ``enrolment``): hiding them would protect
+nothing — a host must find them anyway — while documenting them lets automation
+provision hosts and shows plainly that ``/enrol*`` declare no bearer security.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _ca(request: Request) -> CertificateAuthority:
     return ca
 
 
-@router.post("/enrolment-tokens", status_code=201, include_in_schema=False,
+@router.post("/enrolment-tokens", status_code=201,
              dependencies=[requires(CRYPTO_REGISTER_HOST)])
 def create_token(body: EnrolmentTokenCreate, session: SessionDep, request: Request,
                  principal: CurrentUser) -> EnrolmentTokenIssued:
@@ -99,7 +99,7 @@ def create_token(body: EnrolmentTokenCreate, session: SessionDep, request: Reque
                                 ca_fingerprint=ca_fingerprint(_ca(request)))
 
 
-@router.get("/enrol/ca", include_in_schema=False)
+@router.get("/enrol/ca")
 def get_ca(request: Request) -> CaPublic:
     """The CA certificate (public); a host checks its SHA-256 against the pin it was given."""
     ca = _ca(request)
@@ -107,7 +107,7 @@ def get_ca(request: Request) -> CaPublic:
                     ca_fingerprint=ca_fingerprint(ca))
 
 
-@router.post("/enrol", include_in_schema=False)
+@router.post("/enrol")
 def enrol_host(body: EnrolRequest, session: SessionDep, request: Request) -> EnrolResponse:
     """Redeem an enrolment token: the CSR's key gets a certificate from the control plane CA."""
     done = enrol(session, ca=_ca(request), token=body.token, csr_pem=body.csr,
