@@ -23,7 +23,9 @@ The client is synchronous (services run in the API's worker threads). Tests pass
 from __future__ import annotations
 
 import base64
+import contextlib
 import ssl
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, Final
 
 import httpx
@@ -242,6 +244,50 @@ class HostClient:
             return response
         raise _mapped(self.name, response)
 
+
+    # --- clone and move (docs/mobility.md) ---------------------------------------------
+
+    def clone_vm(self, vm_id: str, *, clone_id: str, name: str,
+                 provider_id: str | None = None, key_id: str | None = None) -> str:
+        """Start cloning a VM with new keys on this host's datastore; the host job's ID.
+
+        With ``provider_id`` the clone's DEKs are wrapped by KEK ``key_id`` (pushed
+        first), or by a new native KEK the host makes (``key_id=None``).
+        """
+        body: dict[str, Any] = {"id": clone_id, "name": name}
+        if provider_id is not None:
+            body["key"] = {"provider_id": provider_id, "key_id": key_id}
+        job_id: str = self._call("POST", f"/vms/{vm_id}/clone", json=body).json()["job_id"]
+        return job_id
+
+    def vm_busy(self, vm_id: str) -> bool:
+        """Whether a job of this VM is queued or running on this host."""
+        jobs: list[dict[str, Any]] = self._call("GET", "/jobs").json()
+        return any(j["vm_id"] == vm_id and j["state"] in ("queued", "running") for j in jobs)
+
+    @contextlib.contextmanager
+    def export_bundle(self, vm_id: str) -> Iterator[Iterator[bytes]]:
+        """The VM folder as a tar stream (ciphertext and wrapped keys only), in chunks.
+
+        The host holds the VM locked until the stream is consumed or closed.
+        """
+        try:
+            with self._http.stream("GET", f"{_PREFIX}/vms/{vm_id}/bundle") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _mapped(self.name, response)
+                yield response.iter_bytes(1 << 20)
+        except httpx.TransportError as exc:
+            raise HostUnreachable(
+                f"host {self.name!r} could not be reached while sending VM {vm_id} "
+                f"({type(exc).__name__}); nothing was moved"
+            ) from exc
+
+    def import_bundle(self, vm_id: str, chunks: Iterable[bytes]) -> dict[str, Any]:
+        """Send a VM bundle; the host checks its keySafes open, then commits it at once."""
+        result: dict[str, Any] = self._call("PUT", f"/vms/{vm_id}/bundle",
+                                            content=chunks).json()
+        return result
 
 def _mapped(host: str, response: httpx.Response) -> Exception:
     try:

@@ -274,5 +274,7 @@ def reconnect(host_id: int, session: SessionDep, hosts: Hosts, request: Request)
             "locked": {str(k): v for k, v in report.locked.items()},
             "unlocked": report.unlocked}
 
+from vmcrypt.control.api.routers import vm_moves  # noqa: E402  (clone, migrate; imports us)
+
 #: Mounted by ``create_app`` when it has a host connector.
-ROUTERS = (router, host_router)
+ROUTERS = (router, host_router, vm_moves.router)

@@ -1,0 +1,432 @@
+"""Clone and migrate VMs: who needs which KEK, before the hosts move any data.
+
+**Clone** (same datastore): the clone gets a new instance UUID and **new keys**. For a
+standard provider the control plane asks the provider for a new KEK tagged with the
+clone (name, instance UUID), pushes it to every host of the cluster and keeps only its
+key ID; for a native provider the host makes the KEK from the primary key; an
+unencrypted VM clones as plaintext. The host copies each disk through its memory with
+fresh DEKs (a host job with progress and cancel). The clone's inventory row is made by
+:func:`settle_clone` once the job succeeded, from the host's keySafes; a failed or
+cancelled clone leaves no files (the host removes them) and no row, and its new KEK
+leaves the hosts' caches.
+
+**Migrate** to a host that reaches the VM's datastore (its cluster): the destination
+gets the VM's KEKs (pushed again if it restarted) and the registration moves; no key
+and no byte of data moves. To a host of **another cluster** (or a standalone host):
+the KEKs are pushed to every host there **first**; then the VM folder is relayed as a
+stream from the source host to the destination host (ciphertext and wrapped keys
+only), which checks every keySafe opens with the KEK it holds and commits it in one
+rename. Only then are the source files deleted and the registration moved, and the
+KEKs leave the source cluster's hosts unless another VM there uses them. Any failure
+before the destination committed leaves the VM where it was, registered, intact.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from vmcrypt.control.db.models import (
+    Datastore,
+    EncryptionRecord,
+    Event,
+    Host,
+    Job,
+    JobState,
+    KeyProvider,
+    ProviderKind,
+    Severity,
+    VirtualMachine,
+)
+from vmcrypt.control.db.repo import (
+    add_disk,
+    append_event,
+    create_job,
+    create_vm,
+    encryption_records,
+    list_jobs,
+    record_encryption,
+    set_registration,
+)
+from vmcrypt.control.db.repo._common import fetch
+from vmcrypt.control.exceptions import Conflict, ControlError, NotFound
+from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.services import crypto_ops
+from vmcrypt.control.services.audit import crypto_event
+from vmcrypt.control.services.keys import (
+    HostConnector,
+    hosts_of_vm,
+    load_standard,
+    push_native_provider,
+)
+from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
+from vmcrypt.providers.exceptions import AddKeysToHostFailed
+
+__all__ = ["CLONE_JOB", "clone", "migrate", "settle_clone"]
+
+#: ``Job.type`` of a clone; the job follows the host job and targets the source VM.
+CLONE_JOB = "vm.clone"
+_FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+_DISCARDED = "vm.clone.discarded"
+
+
+# -- clone ----------------------------------------------------------------------------
+def clone(session: Session, hosts: HostConnector, vm: VirtualMachine, *, name: str,
+          host_id: int | None, sealing_key: bytes, user_name: str | None) -> Job:
+    """Start cloning ``vm`` (new keys) on its host or ``host_id`` of its cluster; a job."""
+    source_host = _registered(session, vm)
+    host = source_host if host_id is None else fetch(session, Host, host_id)
+    datastore = fetch(session, Datastore, vm.datastore_id)
+    if not _reaches(datastore, host):
+        raise Conflict(f"host {host.name!r} does not reach datastore {datastore.name!r} of VM "
+                       f"{vm.name!r}: clone on a host of its cluster, then migrate the clone")
+    if session.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name)) is not None:
+        raise Conflict(f"a VM named {name!r} already exists: choose another name for the clone")
+    client = hosts.client(host)
+    _idle(session, hosts, vm, client)
+    clone_uuid = str(uuid.uuid4())
+    home = _home(session, vm)
+    provider: KeyProvider | None = None if home is None else home.provider
+    key_id: str | None = None
+    targets = hosts_of_vm(session, vm)
+    if provider is not None:
+        _push_vm_keys(session, hosts, vm, [host], sealing_key=sealing_key, must=host)
+        if provider.kind is ProviderKind.STANDARD:
+            standard = load_standard(provider)
+            try:
+                new = standard.new_kek(owner=KeyOwner(COMPONENT_VM, name, clone_uuid))
+            finally:
+                standard.close()
+            key_id = new.ref.key_id
+            assert key_id is not None
+            failed = _put_kek(hosts, targets, provider.name, key_id, new.kek, clone_uuid)
+            if host.name in failed:
+                _drop_kek(hosts, targets, provider.name, key_id)
+                raise Conflict(f"the clone's new KEK could not be pushed to host {host.name!r}")
+        elif provider.kind is not ProviderKind.NATIVE:
+            raise Conflict(f"cloning a {provider.kind} provider VM is not supported yet")
+    try:
+        host_job = client.clone_vm(vm.instance_uuid, clone_id=clone_uuid, name=name,
+                                   provider_id=None if provider is None else provider.name,
+                                   key_id=key_id)
+    except Exception:
+        if provider is not None and key_id is not None:
+            _drop_kek(hosts, targets, provider.name, key_id)
+        raise
+    job = create_job(session, type=CLONE_JOB, target_type="vm", target_id=vm.id,
+                     user_name=user_name, component="all", host_id=host.id,
+                     host_job_id=host_job)
+    crypto_event(session, operation="clone", vm=vm, component="all", user_name=user_name,
+                 provider=None if provider is None else provider.name, key_id=key_id,
+                 result="started",
+                 message=f"clone of VM {vm.name!r} as {name!r} started (job {job.id})",
+                 details={"job_id": job.id, "clone_instance_uuid": clone_uuid,
+                          "clone_name": name, "host": host.name})
+    return job
+
+
+def settle_clone(session: Session, hosts: HostConnector, job: Job) -> VirtualMachine | None:
+    """Poll a clone job; once it ended, record the clone (or discard its new KEK).
+
+    Succeeded: the clone's row — same datastore, registered on the host that made it,
+    its disks and its encryption records from the host's keySafes — is created once,
+    with a ``crypto.clone`` event on the clone. Failed or cancelled: the host already
+    removed the partial clone; its new KEK leaves the hosts' caches. Returns the clone
+    (None while the job runs, or after a failure). Safe to call any number of times.
+    """
+    host_id = job.host_id
+    if job.type != CLONE_JOB or host_id is None:
+        raise NotFound(f"job {job.id} is not a clone")
+    job = crypto_ops.poll(session, hosts, job)
+    started = _started_event(session, job)
+    clone_uuid = str(started.get("clone_instance_uuid", ""))
+    existing = session.scalar(select(VirtualMachine).where(
+        VirtualMachine.instance_uuid == clone_uuid))
+    if job.state not in _FINAL or existing is not None:
+        return existing
+    source = fetch(session, VirtualMachine, int(job.target_id))
+    host = fetch(session, Host, host_id)
+    if job.state is not JobState.SUCCEEDED:
+        _discard(session, hosts, job, source, started)
+        return None
+    view = hosts.client(host).get_vm(clone_uuid)
+    made = create_vm(session, name=str(view["name"]), datastore_id=source.datastore_id,
+                     host_id=host.id, instance_uuid=clone_uuid,
+                     storage_policy_id=source.storage_policy_id)
+    made.has_vtpm = bool(view.get("vtpm", False))
+    disks = {int(d["index"]): add_disk(session, vm_id=made.id, size_bytes=int(d["size"]),
+                                       index=int(d["index"]))
+             for d in view.get("disks", [])}
+    home = view.get("home")
+    if home is not None:
+        _record(session, made, None, home)
+        for disk in view.get("disks", []):
+            if disk.get("encryption"):
+                _record(session, made, disks[int(disk["index"])].id, disk["encryption"])
+    session.flush()
+    crypto_event(session, operation="clone", vm=made, component="all",
+                 user_name=job.user_name, provider=None if home is None else home["provider_id"],
+                 key_id=None if home is None else home.get("key_id"),
+                 message=f"VM {made.name!r} cloned from {source.name!r} with new keys",
+                 details={"job_id": job.id, "source_vm": source.id,
+                          "source_instance_uuid": source.instance_uuid})
+    return made
+
+
+def settle_clones(session: Session, hosts: HostConnector, vm: VirtualMachine) -> None:
+    """Settle every clone job of ``vm`` that ended unseen (no one followed it)."""
+    for job in list_jobs(session, target_type="vm", target_id=vm.id, limit=1000):
+        if job.type == CLONE_JOB and job.host_id is not None:
+            with contextlib.suppress(ControlError, AddKeysToHostFailed):
+                settle_clone(session, hosts, job)
+
+
+def _started_event(session: Session, job: Job) -> dict[str, Any]:
+    for event in session.scalars(select(Event).where(
+            Event.type == "crypto.clone", Event.object_type == "vm",
+            Event.object_id == job.target_id)):
+        if event.details.get("job_id") == job.id and "clone_instance_uuid" in event.details:
+            return dict(event.details)
+    raise NotFound(f"job {job.id}: the clone it started is not recorded")
+
+
+def _discard(session: Session, hosts: HostConnector, job: Job, source: VirtualMachine,
+             started: dict[str, Any]) -> None:
+    """Drop a failed clone's new KEK from the hosts, once (marked by an event)."""
+    for event in session.scalars(select(Event).where(
+            Event.type == _DISCARDED, Event.object_id == str(source.id))):
+        if event.details.get("job_id") == job.id:
+            return
+    key_id, provider = started.get("key_id"), started.get("provider")
+    if isinstance(key_id, str) and isinstance(provider, str):
+        _drop_kek(hosts, hosts_of_vm(session, source), provider, key_id)
+    append_event(session, type=_DISCARDED, severity=Severity.WARNING, object_type="vm",
+                 object_id=source.id, user_name=job.user_name,
+                 message=f"the clone of VM {source.name!r} (job {job.id}) {job.state}: "
+                         "nothing of it was kept",
+                 details={"job_id": job.id, "clone_instance_uuid":
+                          started.get("clone_instance_uuid"), "result": job.state.value})
+
+
+def _record(session: Session, vm: VirtualMachine, disk_id: int | None,
+            facts: dict[str, Any]) -> None:
+    provider = session.scalars(
+        select(KeyProvider).where(KeyProvider.name == facts["provider_id"])).one()
+    wrapped = facts.get("wrapped_kek")
+    if facts.get("key_id") is not None:
+        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                          disk_id=disk_id, key_id=facts["key_id"])
+    elif wrapped:
+        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                          disk_id=disk_id, wrapped_kek=base64.b64decode(wrapped))
+
+
+# -- migrate --------------------------------------------------------------------------
+def migrate(session: Session, hosts: HostConnector, vm: VirtualMachine, *, host_id: int,
+            datastore_id: int | None, sealing_key: bytes,
+            user_name: str | None) -> VirtualMachine:
+    """Move ``vm`` to ``host_id``: its registration only, or its files too (other cluster)."""
+    source_host = _registered(session, vm)
+    dest = fetch(session, Host, host_id)
+    if dest.id == source_host.id:
+        raise Conflict(f"VM {vm.name!r} is already registered with host {dest.name!r}")
+    source_client = hosts.client(source_host)
+    _idle(session, hosts, vm, source_client)
+    source_ds = fetch(session, Datastore, vm.datastore_id)
+    dest_ds = _destination_datastore(session, dest, source_ds, datastore_id)
+    dest_client = hosts.client(dest)
+    old_hosts = hosts_of_vm(session, vm)
+    facts: dict[str, object] = {"from_host": source_host.name, "to_host": dest.name,
+                                "from_datastore": source_ds.name,
+                                "to_datastore": dest_ds.name}
+    if dest_ds.id == source_ds.id:
+        _push_vm_keys(session, hosts, vm, [dest], sealing_key=sealing_key, must=dest)
+        _check_keys_on(dest_client, vm)
+        set_registration(session, vm_id=vm.id, host_id=dest.id)
+        _migrated(session, vm, user_name, {**facts, "files_moved": False})
+        return vm
+    targets = _scope(session, dest)
+    pushed = _push_vm_keys(session, hosts, vm, targets, sealing_key=sealing_key, must=dest)
+    try:
+        with source_client.export_bundle(vm.instance_uuid) as chunks:
+            dest_client.import_bundle(vm.instance_uuid, chunks)
+    except Exception:
+        keep = {h.id for h in old_hosts}
+        _drop_unused(session, hosts, vm, pushed, [h for h in targets if h.id not in keep])
+        raise
+    try:
+        source_client.delete_vm(vm.instance_uuid)
+    except (ControlError, AddKeysToHostFailed) as exc:
+        append_event(session, type="vm.migrate.source-left", severity=Severity.WARNING,
+                     object_type="vm", object_id=vm.id, user_name=user_name,
+                     message=f"VM {vm.name!r} moved to {dest.name!r}, but its old files on "
+                             f"{source_ds.name!r} could not be deleted: {exc}",
+                     details=facts)
+    vm.datastore_id = dest_ds.id
+    set_registration(session, vm_id=vm.id, host_id=dest.id)
+    new_ids = {h.id for h in targets}
+    _drop_unused(session, hosts, vm, pushed, [h for h in old_hosts if h.id not in new_ids])
+    _migrated(session, vm, user_name, {**facts, "files_moved": True})
+    return vm
+
+
+def _migrated(session: Session, vm: VirtualMachine, user_name: str | None,
+              facts: dict[str, object]) -> None:
+    home = _home(session, vm)
+    crypto_event(session, operation="migrate", vm=vm, component="all", user_name=user_name,
+                 provider=None if home is None else home.provider.name,
+                 key_id=None if home is None else home.key_id,
+                 message=f"VM {vm.name!r} migrated from {facts['from_host']} to "
+                         f"{facts['to_host']}", details=facts)
+
+
+def _destination_datastore(session: Session, dest: Host, source: Datastore,
+                           datastore_id: int | None) -> Datastore:
+    """The datastore the VM lands on: its own when ``dest`` reaches it, else dest's one."""
+    if datastore_id is not None:
+        chosen = fetch(session, Datastore, datastore_id)
+        if not _reaches(chosen, dest):
+            raise Conflict(f"host {dest.name!r} does not reach datastore {chosen.name!r}")
+        return chosen
+    if _reaches(source, dest):
+        return source
+    scope = [Datastore.host_id == dest.id]
+    if dest.cluster_id is not None:
+        scope.append(Datastore.cluster_id == dest.cluster_id)
+    found = list(session.scalars(select(Datastore).where(or_(*scope)).order_by(Datastore.id)))
+    if not found:
+        raise Conflict(f"host {dest.name!r} has no datastore to receive the VM: add one")
+    if len(found) > 1:
+        raise Conflict(f"host {dest.name!r} reaches several datastores "
+                       f"({', '.join(d.name for d in found)}): give datastore_id")
+    return found[0]
+
+
+def _check_keys_on(client: HostClient, vm: VirtualMachine) -> None:
+    """The destination opens every component: it sees the VM and holds each KEK."""
+    view = client.get_vm(vm.instance_uuid)
+    parts = [view.get("home")] + [d.get("encryption") for d in view.get("disks", [])]
+    if any(p is not None and not p.get("key_on_host") for p in parts):
+        raise Conflict(f"host {client.name!r} lacks a key of VM {vm.name!r} although it "
+                       "was pushed: see the events, then retry")
+
+
+# -- shared ---------------------------------------------------------------------------
+def _registered(session: Session, vm: VirtualMachine) -> Host:
+    if not vm.registered or vm.host_id is None:
+        raise Conflict(f"VM {vm.name!r} is not registered with a host: register it first")
+    if vm.locked:
+        reason = vm.lock_reason.value if vm.lock_reason else "unknown"
+        raise Conflict(f"VM {vm.name!r} is locked ({reason}): unlock it first")
+    return fetch(session, Host, vm.host_id)
+
+
+def _idle(session: Session, hosts: HostConnector, vm: VirtualMachine,
+          client: HostClient) -> None:
+    """409 while a job of the VM runs (control-plane records, then the host's table)."""
+    settle_clones(session, hosts, vm)
+    for job in list_jobs(session, target_type="vm", target_id=vm.id, limit=1000):
+        if job.state not in _FINAL:
+            crypto_ops.poll(session, hosts, job)
+        if job.state not in _FINAL:
+            raise Conflict(f"VM {vm.name!r} is busy: job {job.id} ({job.type}) is "
+                           f"{job.state}; wait for it or cancel it, then retry")
+    if client.vm_busy(vm.instance_uuid):
+        raise Conflict(f"VM {vm.name!r} is busy on host {client.name!r}: wait, then retry")
+
+
+def _reaches(datastore: Datastore, host: Host) -> bool:
+    """Whether ``host`` mounts ``datastore``: its cluster's, or its own."""
+    if datastore.cluster_id is not None:
+        return datastore.cluster_id == host.cluster_id
+    return datastore.host_id == host.id
+
+
+def _scope(session: Session, host: Host) -> list[Host]:
+    """The hosts that need the KEKs of a VM registered on ``host``."""
+    if host.cluster_id is None:
+        return [host]
+    return list(session.scalars(
+        select(Host).where(Host.cluster_id == host.cluster_id).order_by(Host.id)))
+
+
+def _home(session: Session, vm: VirtualMachine) -> EncryptionRecord | None:
+    return next((r for r in encryption_records(session, vm_id=vm.id) if r.disk_id is None),
+                None)
+
+
+def _push_vm_keys(session: Session, hosts: HostConnector, vm: VirtualMachine,
+                  targets: list[Host], *, sealing_key: bytes,
+                  must: Host) -> set[tuple[str, str]]:
+    """Give ``targets`` every KEK of ``vm`` (standard: fetched by ID; native: the primary
+    key); the standard (provider, key ID) pairs pushed. 409 when ``must`` misses one."""
+    standard: dict[str, tuple[KeyProvider, set[str]]] = {}
+    native: dict[str, KeyProvider] = {}
+    for record in encryption_records(session, vm_id=vm.id):
+        provider = record.provider
+        if provider.kind is ProviderKind.STANDARD and record.key_id is not None:
+            standard.setdefault(provider.name, (provider, set()))[1].add(record.key_id)
+        elif provider.kind is ProviderKind.NATIVE:
+            native[provider.name] = provider
+        else:
+            raise Conflict(f"moving a {provider.kind} provider VM is not supported yet")
+    failed: list[str] = []
+    pushed: set[tuple[str, str]] = set()
+    for row in native.values():
+        failed += push_native_provider(session, hosts, row, sealing_key=sealing_key,
+                                       targets=targets)
+    for name, (row, key_ids) in sorted(standard.items()):
+        ordered = sorted(key_ids)
+        kms = load_standard(row)
+        try:
+            keks = kms.get_keks([KekRef(key_id=k) for k in ordered])
+        finally:
+            kms.close()
+        for key_id, kek in zip(ordered, keks, strict=True):
+            failed += _put_kek(hosts, targets, name, key_id, kek, vm.instance_uuid)
+            pushed.add((name, key_id))
+    if must.name in failed:
+        raise Conflict(f"the keys of VM {vm.name!r} could not be pushed to host "
+                       f"{must.name!r}: nothing was moved")
+    return pushed
+
+
+def _put_kek(hosts: HostConnector, targets: Iterable[Host], provider: str, key_id: str,
+             kek: bytes, vm_uuid: str) -> list[str]:
+    failed = []
+    for host in targets:
+        try:
+            hosts.client(host).put_kek(provider, key_id, kek, vm_ids=[vm_uuid])
+        except AddKeysToHostFailed:
+            failed.append(host.name)
+    return failed
+
+
+def _drop_kek(hosts: HostConnector, targets: Iterable[Host], provider: str,
+              key_id: str) -> None:
+    for host in targets:
+        with contextlib.suppress(AddKeysToHostFailed, ControlError):
+            hosts.client(host).delete_kek(provider, key_id)
+
+
+def _drop_unused(session: Session, hosts: HostConnector, vm: VirtualMachine,
+                 keys: set[tuple[str, str]], targets: list[Host]) -> None:
+    """Drop KEKs of ``vm`` from ``targets`` unless another registered VM there uses them."""
+    if not targets:
+        return
+    target_ids = {h.id for h in targets}
+    for provider, key_id in sorted(keys):
+        others = session.scalars(
+            select(VirtualMachine).join(EncryptionRecord,
+                                        EncryptionRecord.vm_id == VirtualMachine.id)
+            .where(EncryptionRecord.key_id == key_id, VirtualMachine.id != vm.id,
+                   VirtualMachine.registered))
+        if any(target_ids & {h.id for h in hosts_of_vm(session, other)} for other in others):
+            continue
+        _drop_kek(hosts, targets, provider, key_id)
