@@ -358,6 +358,57 @@ def test_vm_crypto_jobs(control: Control) -> None:
     control.ok("vm", "rm", "jobs1")
 
 
+def test_vm_components(control: Control) -> None:
+    """add-disk, add-vtpm/rm-vtpm and per-component re-key (shallow and deep) of a
+    native-provider VM; the data survives each step; refusals are one line."""
+    _ensure_inventory(control)
+    if "native-parts" not in [p["name"] for p in control.ok("policy", "ls", "--json").json]:
+        control.ok("policy", "create", "native-parts", "--provider", "nkp")
+    control.ok("kp", "ack-no-backup", "nkp")  # (re)push nkp's primary key to esx1
+    control.ok("vm", "create", "parts1", "--host", "esx1", "--datastore", "shared1",
+               "--disk", "1M", "--policy", "native-parts")
+    data = os.urandom(30_000)
+    source = control.tmp / "parts.bin"
+    source.write_bytes(data)
+
+    def read_back(disk: int) -> bytes:
+        return control.ok("vm", "disk", "read", "parts1", str(disk), "--length",
+                          str(len(data))).stdout
+
+    control.ok("vm", "disk", "write", "parts1", "0", source)
+    added = control.ok("vm", "add-disk", "parts1", "--size", "4M", "--json").json
+    assert added["disks"][1] == {"index": 1, "size_bytes": 4 << 20, "encrypted": True}
+    control.ok("vm", "disk", "write", "parts1", "1", source)
+    clear = control.ok("vm", "add-disk", "parts1", "--size", "1M", "--no-encrypt")
+    assert "added disk 2 (clear)" in clear.stdout.decode()
+    parallel(
+        lambda: control.fails("vm", "add-disk", "parts1", "--size", "1000",
+                              code="UsageError", phrase="size"),
+        lambda: control.fails("vm", "rekey", "parts1", "--disk", "2", code="Conflict",
+                              phrase="not encrypted"),
+        lambda: control.fails("vm", "rekey", "parts1", "--home", "--disk", "0",
+                              code="UsageError", phrase="not both"),
+    )
+    assert control.ok("vm", "add-vtpm", "parts1", "--json").json["vtpm"] is True
+    control.fails("vm", "add-vtpm", "parts1", code="Conflict", phrase="already has a vTPM")
+
+    shallow = control.ok("vm", "rekey", "parts1", "--disk", "1", "--json").json
+    assert shallow["component"] == "disk-1" and shallow["key_id"] is None
+    assert "re-keyed VM home of parts1" in control.ok("vm", "rekey", "parts1",
+                                                      "--home").stdout.decode()
+    deep = control.ok("vm", "rekey", "parts1", "--deep", "--disk", "0", "--json").json
+    assert (deep["state"], deep["type"], deep["component"]) == ("succeeded",
+                                                                "vm.rekey-deep", "disk-0")
+    assert read_back(0) == data and read_back(1) == data
+
+    assert control.ok("vm", "rm-vtpm", "parts1", "--json").json["vtpm"] is False
+    events = control.ok("events", "--type", "crypto.add-vtpm", "--json").json
+    assert [e["details"]["vm"] for e in events] == ["parts1"]
+    assert control.ok("events", "--type", "crypto.rekey-deep", "--json").json[0][
+        "details"]["result"] == "succeeded"
+    control.ok("vm", "rm", "parts1")
+
+
 def test_token_never_printed(control: Control) -> None:
     assert control.cli.runs, "run the other tests of this module first"
     secret = control.token.encode()

@@ -71,3 +71,9 @@ def test_a_job_following_a_host_job_names_it_in_columns(session: Session) -> Non
                         host_id=host.id)
     with pytest.raises(UsageError, match="operation"):
         repo.create_job(session, type="vm.encrypt:home@1:x", target_type="vm", target_id=1)
+
+
+def test_listing_filters_by_operation(session: Session) -> None:
+    encrypt = repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=1)
+    repo.create_job(session, type="vm.decrypt", target_type="vm", target_id=1)
+    assert [j.id for j in repo.list_jobs(session, type="vm.encrypt")] == [encrypt.id]

@@ -1,8 +1,9 @@
 """``vmcrypt vm …``: VMs through the control plane, which drives their hosts.
 
 Thin wrappers over ``/api/v1/vms``: create (encrypted when the storage policy says so),
-list, show, unregister, delete, unlock, encrypt, decrypt and re-key (jobs followed with
-a progress bar until they end: ``vm jobs``, ``vm wait``), and a disk's plaintext read
+list, show, unregister, delete, unlock, add a disk or a vTPM, remove the vTPM, encrypt,
+decrypt and re-key, whole or one component (jobs followed with a progress bar until
+they end: ``vm jobs``, ``vm wait``), and a disk's plaintext read
 and written through its host (``vm disk read|write``), in chunks with a progress bar,
 so data can be put in and checked after every operation. The control plane and the
 hosts hold the keys; this command only ever sees key IDs and the plaintext the caller
@@ -54,11 +55,15 @@ vm_app.add_typer(disk_app, name="disk")
 NameArg = Annotated[str, typer.Argument(help="The VM's name (or numeric ID).")]
 IndexArg = Annotated[int, typer.Argument(min=0, help="Disk index (0 is the first disk).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-_COLUMNS = ["id", "name", "host_id", "encrypted", "registered", "locked", "lock_reason"]
+_COLUMNS = ["id", "name", "host_id", "encrypted", "vtpm", "registered", "locked",
+            "lock_reason"]
 
 
 def _row(vm: dict[str, Any]) -> dict[str, Any]:
-    return {**vm, "key_ids": [f"{k}: {v}" for k, v in vm.get("key_ids", {}).items()]}
+    disks = [f"{d['index']}: {d['size_bytes']} bytes, "
+             f"{'encrypted' if d['encrypted'] else 'clear'}" for d in vm.get("disks", [])]
+    return {**vm, "key_ids": [f"{k}: {v}" for k, v in vm.get("key_ids", {}).items()],
+            "disks": disks}
 
 
 @vm_app.command("create")
@@ -175,7 +180,8 @@ DiskOpt = Annotated[int | None, typer.Option("--disk", min=0, help="A disk index
 
 def _follow(api: Any, job: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     """Poll a job until it ends, driving a progress bar; the final job, or JobFailed."""
-    with progress_bar(job["type"].split("@")[0], enabled=not quiet) as update:
+    label = f"{job['type']} {job.get('component') or ''}".strip()
+    with progress_bar(label, enabled=not quiet) as update:
         while job["state"] not in _FINAL:
             time.sleep(POLL)
             job = api.get(f"/jobs/{job['id']}")
@@ -234,24 +240,93 @@ def rekey(name: NameArg,
           deep: Annotated[bool, typer.Option("--deep", help="New DEKs and the data "
                                              "re-encrypted (a job), not only a new KEK.")]
           = False,
+          home: Annotated[bool, typer.Option("--home", help="VM home only.")] = False,
+          disk: Annotated[int | None, typer.Option("--disk", min=0, help="This disk only.")]
+          = None,
           quiet: QuietOpt = False, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
           token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
     """Re-key a VM: a new KEK (shallow, at once) or new DEKs too (--deep, a job).
 
-    Example: vmcrypt vm rekey web1 --deep
+    Without --home or --disk every encrypted component is re-keyed.
+
+    Example: vmcrypt vm rekey web1 --deep --disk 0
     """
+    if home and disk is not None:
+        raise UsageError("give --home or --disk N, not both (neither: every component)")
+    component: str | int = "home" if home else "all" if disk is None else disk
+    what = {"home": "VM home", "all": "every component"}.get(str(component), f"disk {disk}")
     with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
         vm_id = resolve_id(api, "/vms", name, what="vm")
-        answer = api.post(f"/vms/{vm_id}/rekey", {"deep": deep})
+        answer = api.post(f"/vms/{vm_id}/rekey", {"deep": deep, "component": component})
         if deep:
             answer = _follow(api, answer, quiet=quiet or as_json)
     if as_json:
         print_json(answer)
     elif deep:
-        out.print(f"deep re-keyed {name} (job {answer['id']})", highlight=False, markup=False)
-    else:
-        out.print(f"re-keyed {name}: new key ID {answer['key_id']}", highlight=False,
+        out.print(f"deep re-keyed {what} of {name} (job {answer['id']})", highlight=False,
                   markup=False)
+    else:
+        key = answer["key_id"] or "a new native KEK (wrapped by the primary key)"
+        out.print(f"re-keyed {what} of {name}: {key}", highlight=False, markup=False)
+
+
+@vm_app.command("add-disk")
+def add_disk(
+    name: NameArg,
+    size: Annotated[str, typer.Option("--size", help="The disk's size (4M, 1G): whole "
+                                      "4096-byte sectors.")],
+    encrypt: Annotated[
+        bool | None, typer.Option("--encrypt/--no-encrypt", help="Default: encrypted iff "
+                                  "VM home is.", show_default=False)
+    ] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Add a disk, encrypted under VM home's KEK when VM home is encrypted.
+
+    Example: vmcrypt vm add-disk web1 --size 4M
+    """
+    body: dict[str, Any] = {"size": parse_size(size)}
+    if encrypt is not None:
+        body["encrypted"] = encrypt
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        vm = api.post(f"/vms/{resolve_id(api, '/vms', name, what='vm')}/disks", body)
+    if as_json:
+        print_json(vm)
+        return
+    disk = vm["disks"][-1] if vm.get("disks") else {"index": "?", "encrypted": encrypt}
+    state = "encrypted" if disk.get("encrypted") else "clear"
+    out.print(f"added disk {disk['index']} ({state}) to {name}", highlight=False,
+              markup=False)
+
+
+@vm_app.command("add-vtpm")
+def add_vtpm(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+             token_file: TokenFileOpt = None, ca: CaOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Add a vTPM; VM home must be encrypted (its DEK seals the vTPM state).
+
+    Example: vmcrypt vm add-vtpm web1
+    """
+    _post(name, "vtpm", url=url, token=token, token_file=token_file, ca=ca,
+          as_json=as_json, done=f"added a vTPM to {name}")
+
+
+@vm_app.command("rm-vtpm")
+def rm_vtpm(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+            token_file: TokenFileOpt = None, ca: CaOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Remove the vTPM and its sealed state (VM home can then be decrypted).
+
+    Example: vmcrypt vm rm-vtpm web1 && vmcrypt vm decrypt web1
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        vm_id = resolve_id(api, "/vms", name, what="vm")
+        vm = api.request("DELETE", f"/vms/{vm_id}/vtpm").json()
+    if as_json:
+        print_json(vm)
+    else:
+        out.print(f"removed the vTPM of {name}", highlight=False, markup=False)
 
 
 @vm_app.command("jobs")

@@ -3,7 +3,9 @@
 The host doing the work holds the live progress; reading a job here polls that host
 and stores what it says, so the jobs table is current whenever someone looks and any
 replica can answer. When the host job ends, the VM's encryption records are set from
-the host's keySafes (:func:`vmcrypt.control.services.crypto_ops.poll`).
+the host's keySafes and the operation's final ``crypto.*`` event is appended
+(:func:`vmcrypt.control.services.crypto_ops.poll`). A job shows its operation
+(``type``: ``vm.encrypt``), the component it changes and the host job it follows.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ Hosts = Annotated[HostConnector, Depends(_hosts)]
 @router.get("", dependencies=[requires(SYSTEM_READ)])
 def list_all(session: SessionDep, state: JobState | None = None,
              vm_id: int | None = None,
+             type: Annotated[str | None, Query(max_length=128,
+                                               description="an operation: vm.encrypt")] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobPublic]:
     """Jobs, newest first, as last polled (read one to refresh it)."""
     jobs = list_jobs(session, state=state, target_type="vm" if vm_id is not None else None,
-                     target_id=vm_id, limit=limit)
+                     target_id=vm_id, type=type, limit=limit)
     return [JobPublic.model_validate(j) for j in jobs]
 
 

@@ -120,14 +120,17 @@ def list_jobs(
     state: JobState | None = None,
     target_type: str | None = None,
     target_id: str | int | None = None,
+    type: str | None = None,
     limit: int = 100,
 ) -> list[Job]:
-    """Jobs, newest first, optionally only in one state or on one object."""
+    """Jobs, newest first, optionally only in one state, of one operation or on one object."""
     if not 0 < limit <= _MAX_JOBS:
         raise UsageError(f"limit must be between 1 and {_MAX_JOBS}, not {limit}")
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state is not None:
         query = query.where(Job.state == state)
+    if type is not None:
+        query = query.where(Job.type == type)
     if target_type is not None:
         query = query.where(Job.target_type == target_type)
     if target_id is not None:
