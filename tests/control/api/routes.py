@@ -147,5 +147,17 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", "/jobs", READ, 200),
     _r("GET", "/jobs/{job}", READ, 200),
     _r("POST", "/jobs/{job}/cancel", {p.CRYPTO_ACCESS}, 202),
+    _r("POST", "/vms/{spare_vm}/clone", {p.VM_CLONE, p.CRYPTO_CLONE}, 202,
+       lambda ids: {"name": f"seed-clone-{ids['n']}"}),
+    _r("GET", "/vms/{job_vm}/jobs/{job}", READ, 200),
+    # 409 "already registered with that host" until the seed has a second host: the
+    # privileges are checked all the same (a successful move: tests/control/api/test_vm_moves.py).
+    _r("POST", "/vms/{spare_vm}/migrate", {p.RESOURCE_COLD_MIGRATE, p.CRYPTO_MIGRATE}, 409,
+       lambda ids: {"host_id": ids["host"]}),
     # New rows go here (append; keep one row per route).
+    # Add disk: AddNewDisk always; Cryptographer.AddDisk only for an encrypted disk (a
+    # second dependency, tested in test_vm_components.py) — a clear VM here.
+    _r("POST", "/vms/{vm}/disks", {p.VM_ADD_NEW_DISK}, 201, lambda ids: {"size": 4096}),
+    _r("POST", "/vms/{enc_vm}/vtpm", {p.VM_CHANGE_SETTINGS, p.CRYPTO_ENCRYPT}, 201),
+    _r("DELETE", "/vms/{enc_vm}/vtpm", {p.VM_CHANGE_SETTINGS, p.CRYPTO_DECRYPT}, 200),
 )

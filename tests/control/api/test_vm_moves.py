@@ -94,7 +94,7 @@ async def _clone(api: httpx.AsyncClient, admin: dict[str, str], vm_id: int,
     job = started.json()
     assert job["type"] == "vm.clone"
     for _ in range(400):
-        status = await api.get(f"{API}/vms/{vm_id}/clones/{job['id']}", headers=admin)
+        status = await api.get(f"{API}/vms/{vm_id}/jobs/{job['id']}", headers=admin)
         assert status.status_code == 200, status.text
         body: dict[str, Any] = status.json()
         if body["job"]["state"] in FINAL:

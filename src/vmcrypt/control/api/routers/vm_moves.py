@@ -2,7 +2,7 @@
 
 Handlers only translate HTTP to :mod:`vmcrypt.control.services.mobility`. A clone is a
 job (202) followed like any other through ``/jobs/{id}``; reading
-``/vms/{id}/clones/{job}`` also records the clone once the job succeeded (and discards
+``/vms/{id}/jobs/{job}`` also records the clone once the job succeeded (and discards
 its new KEK when it failed). A migration answers when the VM is registered on its new
 host (200), its files moved first when that host is in another cluster.
 
@@ -34,12 +34,12 @@ from vmcrypt.control.privileges import (
     SYSTEM_READ,
     VM_CLONE,
 )
-from vmcrypt.control.services import mobility
+from vmcrypt.control.services import crypto_ops, mobility
 from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.exceptions import VmcryptError
 
-__all__ = ["CloneRequest", "CloneStatus", "MigrateRequest", "router"]
+__all__ = ["CloneRequest", "MigrateRequest", "VmJob", "router"]
 
 router: APIRouter = APIRouter(prefix="/vms", tags=["vms"], route_class=AuditedRoute)
 T = TypeVar("T")
@@ -60,8 +60,8 @@ class CloneRequest(BaseModel):
     host_id: int | None = Field(default=None, description="default: the VM's own host")
 
 
-class CloneStatus(BaseModel):
-    """A clone job as last polled, and the clone once the job succeeded."""
+class VmJob(BaseModel):
+    """A job of a VM as last polled, and for a clone job that succeeded, the clone."""
 
     job: JobPublic
     clone: VmPublic | None
@@ -104,15 +104,23 @@ def clone(vm_id: int, body: CloneRequest, session: SessionDep, hosts: Hosts,
     return JobPublic.model_validate(job)
 
 
-@router.get("/{vm_id}/clones/{job_id}", dependencies=[requires(SYSTEM_READ)])
-def clone_status(vm_id: int, job_id: int, session: SessionDep, hosts: Hosts) -> CloneStatus:
-    """A clone job, refreshed from its host; once it succeeded, the clone (recorded now)."""
+@router.get("/{vm_id}/jobs/{job_id}", dependencies=[requires(SYSTEM_READ)])
+def vm_job(vm_id: int, job_id: int, session: SessionDep, hosts: Hosts) -> VmJob:
+    """One job of the VM, refreshed from its host; a clone that succeeded comes with it.
+
+    Reading a clone job that ended records the clone (from the host's keySafes) or, if
+    it failed, withdraws its new KEK: follow clones here rather than at ``/jobs/{id}``.
+    """
     job = fetch(session, Job, job_id)
-    if job.target_id != str(vm_id) or job.type != mobility.CLONE_JOB:
-        raise NotFound(f"job {job_id} is not a clone of VM {vm_id}")
-    made = mobility.settle_clone(session, hosts, job)
-    return CloneStatus(job=JobPublic.model_validate(job),
-                       clone=None if made is None else vm_public(session, made))
+    if job.target_type != "vm" or job.target_id != str(vm_id):
+        raise NotFound(f"job {job_id} is not a job of VM {vm_id}")
+    made = None
+    if job.type == mobility.CLONE_JOB:
+        made = mobility.settle_clone(session, hosts, job)
+    else:
+        job = crypto_ops.poll(session, hosts, job)
+    return VmJob(job=JobPublic.model_validate(job),
+                 clone=None if made is None else vm_public(session, made))
 
 
 @router.post("/{vm_id}/migrate",
