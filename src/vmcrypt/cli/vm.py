@@ -322,11 +322,13 @@ def rm_vtpm(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
     """
     with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
         vm_id = resolve_id(api, "/vms", name, what="vm")
+        had = bool(api.get(f"/vms/{vm_id}").get("vtpm"))
         vm = api.request("DELETE", f"/vms/{vm_id}/vtpm").json()
     if as_json:
         print_json(vm)
     else:
-        out.print(f"removed the vTPM of {name}", highlight=False, markup=False)
+        done = f"removed the vTPM of {name}" if had else f"{name} has no vTPM: nothing to do"
+        out.print(done, highlight=False, markup=False)
 
 
 @vm_app.command("jobs")

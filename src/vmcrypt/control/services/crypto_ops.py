@@ -269,11 +269,17 @@ def add_vtpm(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
 
 def remove_vtpm(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
                 user_name: str | None = None) -> VirtualMachine:
-    """Remove the vTPM and its sealed state (needed before VM home can be decrypted)."""
+    """Remove the vTPM and its sealed state (needed before VM home can be decrypted).
+
+    Idempotent, as an HTTP DELETE: a VM without a vTPM (in the host's own view) is
+    answered as it is, with no event, since nothing cryptographic happened.
+    """
     client = _ready(session, hosts, vm)
     _not_busy(session, hosts, vm)
-    if not vm.has_vtpm:
-        raise Conflict(f"VM {vm.name!r} has no vTPM")
+    if not client.get_vm(vm.instance_uuid).get("vtpm"):
+        vm.has_vtpm = False
+        session.flush()
+        return vm
     home = _records(session, vm).get("home")
     view = client.remove_vtpm(vm.instance_uuid)
     vm.has_vtpm = bool(view.get("vtpm", False))
