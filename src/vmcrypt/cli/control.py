@@ -45,6 +45,12 @@ def serve(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the 'listening' line as JSON for scripts.")
     ] = False,
+    host_check_interval: Annotated[
+        float,
+        typer.Option("--host-check-interval", min=0, max=3600,
+                     help="Seconds between health polls of every host; a host that comes "
+                     "back or restarted gets its keys pushed again. 0 turns it off."),
+    ] = 5.0,
 ) -> None:
     """Run the control plane until interrupted (Ctrl-C or SIGTERM).
 
@@ -57,7 +63,8 @@ def serve(
     from vmcrypt.control.settings import ControlSettings
 
     configure_server_logging(log_level)
-    settings = ControlSettings(data_dir=data_dir, db=db, host=host, port=port)
+    settings = ControlSettings(data_dir=data_dir, db=db, host=host, port=port,
+                               host_check_interval=host_check_interval)
 
     def listening(bound_host: str, bound_port: int, prepared: Prepared) -> None:
         url = f"https://{bound_host}:{bound_port}"

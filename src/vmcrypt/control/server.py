@@ -7,7 +7,10 @@ the listening line, and returns when uvicorn has shut down cleanly (SIGTERM, Ctr
 
 API clients authenticate with bearer tokens, so the HTTPS port only *verifies* a client
 certificate when one is offered (CERT_OPTIONAL); hosts are called with the control
-plane's own client certificate (mutual TLS), see :attr:`ControlSettings.client`.
+plane's own client certificate (mutual TLS), see :attr:`ControlSettings.client`, and
+each host must present the certificate issued at its enrolment (:class:`TlsHostConnector`).
+While serving, a :class:`~vmcrypt.control.monitor.HostMonitor` polls every host and
+reconnects (re-pushes keys to) any that comes back or restarted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from vmcrypt.control.db.engine import Database, open_database
 from vmcrypt.control.db.models import Host
 from vmcrypt.control.enrolment import ca_fingerprint
 from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.monitor import HostMonitor
+from vmcrypt.control.pinning import HostNotEnrolled, pinned_context
 from vmcrypt.control.settings import CLIENT_IDENTITY, ControlSettings
 from vmcrypt.exceptions import UsageError
 from vmcrypt.kms.master_key import load_master_key
@@ -101,28 +106,46 @@ def prepare(settings: ControlSettings) -> Prepared:
 
 
 class TlsHostConnector:
-    """Reaches host agents over mutual TLS with the control plane's client certificate.
+    """Reaches host agents over mutual TLS, each pinned to its enrolment certificate.
 
-    The host's certificate must chain to the system CA and name the address in its
-    ``api_url`` (enrolment puts it in the SAN). One client per host and URL is kept, so
-    connections are reused across requests; a changed URL gets a new client.
+    The host's certificate must chain to the system CA, name the address in its
+    ``api_url`` (enrolment puts it in the SAN) **and** be the very certificate issued
+    at its enrolment (``Host.certificate_fingerprint``, see :mod:`vmcrypt.control.
+    pinning`): another host's certificate from the same CA is refused during the
+    handshake, before any key is sent. A host never enrolled has nothing to pin and
+    gets no connection (:class:`~vmcrypt.control.pinning.HostNotEnrolled`).
+
+    One client per host, URL and pin is kept, so connections are reused across
+    requests; a changed URL or a new enrolment gets a new client.
     """
 
     def __init__(self, settings: ControlSettings) -> None:
-        self._context = client_context(ca_file=settings.ca_file, cert_file=settings.client.cert,
-                                       key_file=settings.client.key)
-        self._clients: dict[tuple[int, str], HostClient] = {}
+        self._settings = settings
+        # Loaded once now so a bad client certificate fails the start, not a request.
+        client_context(ca_file=settings.ca_file, cert_file=settings.client.cert,
+                       key_file=settings.client.key)
+        self._clients: dict[tuple[int, str, str], HostClient] = {}
         self._lock = threading.Lock()
 
     def client(self, host: Host) -> HostClient:
-        """A client for ``host``'s agent (``AddKeysToHostFailed`` when it has no URL)."""
+        """A client for ``host``'s agent (``AddKeysToHostFailed`` when it cannot have one)."""
         if not host.api_url:
             raise AddKeysToHostFailed(f"host {host.name!r} has no API URL to reach it at")
-        key = (host.id, host.api_url)
+        if not host.certificate_fingerprint:
+            raise HostNotEnrolled(
+                f"host {host.name!r} is not enrolled: the control plane sends keys only to "
+                "a host whose certificate it issued (vmcrypt host serve --enrol …)")
+        key = (host.id, host.api_url, host.certificate_fingerprint)
         with self._lock:
             found = self._clients.get(key)
             if found is None:
-                found = HostClient.over_tls(host.name, host.api_url, self._context)
+                context = pinned_context(
+                    ca_file=self._settings.ca_file, cert_file=self._settings.client.cert,
+                    key_file=self._settings.client.key, host_name=host.name,
+                    fingerprint=host.certificate_fingerprint)
+                found = HostClient.over_tls(host.name, host.api_url, context)
+                for stale in [k for k in self._clients if k[0] == host.id]:
+                    self._clients.pop(stale).close()
                 self._clients[key] = found
             return found
 
@@ -169,6 +192,9 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     server_context(cert_file=settings.server.cert, key_file=settings.server.key,
                    ca_file=settings.ca_file, require_client_cert=False)
     hosts = TlsHostConnector(settings)
+    monitor = (HostMonitor(prepared.database, hosts, sealing_key=prepared.master_key,
+                           interval=settings.host_check_interval)
+               if settings.host_check_interval > 0 else None)
     config = uvicorn.Config(
         build_app(settings, prepared, hosts),
         log_config=None,
@@ -193,9 +219,13 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     signal.signal(signal.SIGINT, _stop)
     host, port = sock.getsockname()[:2]
     on_listening(host, port, prepared)
+    if monitor is not None:
+        monitor.start()
     try:
         server.run(sockets=[sock])
     finally:
+        if monitor is not None:
+            monitor.stop()
         sock.close()
         hosts.close()
         prepared.database.close()

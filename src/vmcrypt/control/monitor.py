@@ -1,0 +1,195 @@
+"""The host monitor: notice hosts that stop answering or restart, and reconnect them.
+
+A host keeps KEKs in memory only, so a restarted host (a crash, ``kill -9``, a reboot)
+comes back with an empty key cache and cannot open its VMs. Nobody tells the control
+plane; it has to notice. :class:`HostMonitor` polls every host's ``/health`` every few
+seconds and, per host:
+
+- health fails → the host is ``not_responding`` (one ``host.not_responding`` event
+  when that changes, not one per poll);
+- health answers and the host was not connected, or its ``boot_id`` differs from the
+  last one seen (it restarted between two polls), or it was never seen by this process
+  → :func:`~vmcrypt.control.services.keys.reconnect_host`: native primary keys and
+  every KEK pushed again **by ID**, VMs whose keys cannot be had are locked with their
+  reason (the seeds' key events come from there), and a ``host.connected`` event.
+
+"Never seen by this process" includes every host after a control plane restart: a
+reconnect is idempotent (it pushes what the host should hold), so doing one too many
+is cheap while missing one leaves VMs unusable. Boot IDs are kept in memory only; with
+several control plane replicas each reconnects once, which is harmless.
+
+Each host is handled in its own transaction, so one host's failure changes nothing
+for the others; an unexpected error is logged (type only — messages may carry
+provider details) and the host is retried at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vmcrypt.control.db.engine import Database
+from vmcrypt.control.db.models import ConnectionState, Host, Severity
+from vmcrypt.control.db.repo import append_event
+from vmcrypt.control.pinning import HostCertificateMismatch, HostNotEnrolled
+from vmcrypt.control.services.keys import HostConnector, reconnect_host
+from vmcrypt.exceptions import VmcryptError
+
+__all__ = ["DEFAULT_INTERVAL", "HostCheck", "HostMonitor"]
+
+logger = logging.getLogger("vmcrypt.control.monitor")
+
+#: Seconds between two polls of every host (``--host-check-interval``).
+DEFAULT_INTERVAL: Final = 5.0
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """What one poll found for one host, and what it did about it."""
+
+    host_id: int
+    name: str
+    responding: bool
+    reconnected: bool = False
+    pushed: int = 0
+    locked: tuple[int, ...] = ()
+    error: str | None = None
+
+
+class HostMonitor:
+    """Polls hosts' health and reconnects the ones that (re)appear.
+
+    :meth:`check_once` is one synchronous pass (what tests call); :meth:`start` runs it
+    every ``interval`` seconds in a daemon thread until :meth:`stop`. ``on_check`` is
+    called with each pass's results (tests and logs use it).
+    """
+
+    def __init__(self, database: Database, hosts: HostConnector, *, sealing_key: bytes,
+                 interval: float = DEFAULT_INTERVAL,
+                 on_check: Callable[[list[HostCheck]], None] | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("the host check interval must be positive")
+        self._database = database
+        self._hosts = hosts
+        self._sealing_key = sealing_key
+        self.interval = interval
+        self._on_check = on_check
+        self._boot_ids: dict[int, str] = {}
+        self._last_error: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pass_lock = threading.Lock()
+
+    # --- one pass -----------------------------------------------------------------------
+
+    def check_once(self) -> list[HostCheck]:
+        """Poll every host with an API URL once; reconnect those that need it."""
+        with self._pass_lock:
+            with self._database.transaction() as session:
+                targets = [(h.id, h.name) for h in session.scalars(
+                    select(Host).where(Host.api_url.is_not(None)).order_by(Host.id))]
+            results = []
+            for host_id, name in targets:
+                try:
+                    with self._database.transaction() as session:
+                        results.append(self._check(session, host_id))
+                except Exception as exc:  # one host must not stop the others
+                    logger.warning("host %s: check failed (%s); retrying at the next poll",
+                                   name, type(exc).__name__)
+                    results.append(HostCheck(host_id, name, responding=False,
+                                             error=type(exc).__name__))
+        if self._on_check is not None:
+            self._on_check(results)
+        return results
+
+    def _check(self, session: Session, host_id: int) -> HostCheck:
+        host = session.get(Host, host_id)
+        if host is None:  # deleted since the list was read
+            self._boot_ids.pop(host_id, None)
+            return HostCheck(host_id, "", responding=False)
+        try:
+            health = self._hosts.client(host).health()
+        except VmcryptError as exc:
+            self._not_responding(session, host, exc)
+            return HostCheck(host.id, host.name, responding=False, error=type(exc).__name__)
+        self._last_error.pop(host.id, None)
+        boot_id = str(health.get("boot_id") or "")
+        known = self._boot_ids.get(host.id)
+        restarted = known is not None and known != boot_id
+        if (host.connection_state is ConnectionState.CONNECTED and known is not None
+                and not restarted):
+            return HostCheck(host.id, host.name, responding=True)
+        was = host.connection_state
+        report = reconnect_host(session, self._hosts, host, sealing_key=self._sealing_key)
+        if not report.connected:  # it went away between the two calls
+            return HostCheck(host.id, host.name, responding=False)
+        self._boot_ids[host.id] = boot_id
+        why = ("restarted" if restarted else
+               "back" if was is not ConnectionState.CONNECTED else "first seen")
+        locked = tuple(sorted(report.locked))
+        append_event(
+            session, type="host.connected",
+            severity=Severity.WARNING if locked else Severity.INFO,
+            object_type="host", object_id=host.id,
+            message=f"host {host.name!r} connected ({why}): {report.pushed} key(s) pushed"
+                    + (f", {len(locked)} VM(s) locked" if locked else ""),
+            details={"reason": why, "pushed": report.pushed,
+                     "locked": {str(k): v for k, v in report.locked.items()},
+                     "unlocked": report.unlocked})
+        logger.info("host %s connected (%s): %d key(s) pushed, %d VM(s) locked",
+                    host.name, why, report.pushed, len(locked))
+        return HostCheck(host.id, host.name, responding=True, reconnected=True,
+                         pushed=report.pushed, locked=locked)
+
+    def _not_responding(self, session: Session, host: Host, exc: VmcryptError) -> None:
+        # Forget the boot ID: whatever comes back next gets a full reconnect.
+        self._boot_ids.pop(host.id, None)
+        kind = type(exc).__name__
+        if (host.connection_state is ConnectionState.NOT_RESPONDING
+                and self._last_error.get(host.id) == kind):
+            return  # one event per change, not one per poll
+        self._last_error[host.id] = kind
+        host.connection_state = ConnectionState.NOT_RESPONDING
+        # A wrong certificate or a host never enrolled is a security matter with its own
+        # event type; anything else (down, timeout) is the host not responding.
+        event = (exc.event if isinstance(exc, HostCertificateMismatch | HostNotEnrolled)
+                 else None)
+        append_event(session, type=event or "host.not_responding",
+                     severity=Severity.ERROR if event else Severity.WARNING,
+                     object_type="host", object_id=host.id,
+                     message=f"host {host.name!r} is not responding: {exc}",
+                     details={"error": kind})
+        logger.warning("host %s is not responding (%s)", host.name, kind)
+        session.flush()
+
+    # --- the background thread ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Poll in a daemon thread, first at once, then every ``interval`` seconds."""
+        if self._thread is not None:
+            raise RuntimeError("the host monitor is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="vmcrypt-host-monitor",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop polling and wait (up to ``timeout``) for a pass under way to finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+            except Exception as exc:  # the monitor must outlive a bad pass
+                logger.error("host monitor pass failed (%s)", type(exc).__name__)
+            self._stop.wait(self.interval)
