@@ -456,3 +456,6 @@ class _Sink:
             self.file.close()
         else:
             sys.stdout.buffer.flush()
+
+
+from vmcrypt.cli import vm_moves as _vm_moves  # noqa: E402,F401  (vm clone, vm migrate)
