@@ -209,7 +209,7 @@ def test_a_wrong_batch_count_is_an_invalid_message(
     assert server.store.count() == 0
 
 
-@pytest.mark.parametrize("operation", [Operation.ENCRYPT, Operation.REKEY, Operation.CERTIFY,
+@pytest.mark.parametrize("operation", [Operation.SIGN, Operation.REKEY, Operation.CERTIFY,
                                        Operation.CREATE_KEY_PAIR, 0x7F])
 def test_unsupported_operations_are_answered_not_supported(
         kmip: KmipConn, operation: int) -> None:

@@ -30,6 +30,7 @@ from vmcrypt.kmip.items import (
     enum,
     find,
     find_all,
+    get_bytes,
     get_int,
     get_text,
     integer,
@@ -48,6 +49,7 @@ from vmcrypt.kmip.payloads import (
     AttributesArg,
     add_fields,
     attribute_list,
+    cipher_fields,
     get_fields,
     ints,
     key_bytes,
@@ -59,6 +61,7 @@ from vmcrypt.kmip.payloads import (
 )
 from vmcrypt.kmip.tags import (
     BatchErrorContinuationOption,
+    BlockCipherMode,
     CryptographicAlgorithm,
     CryptographicUsageMask,
     ObjectType,
@@ -77,6 +80,7 @@ __all__ = [
     "MAX_BATCH_RESPONSE_SIZE",
     "MAX_REQUEST_SIZE",
     "MAX_RESPONSE_SIZE",
+    "Encrypted",
     "ItemFailed",
     "KmipClient",
     "ServerInfo",
@@ -101,6 +105,16 @@ class ServerInfo:
     operations: list[int] = field(default_factory=list)
     object_types: list[int] = field(default_factory=list)
     vendor: str | None = None
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """What Encrypt (KMIP 1.4, 4.29) returned: the ciphertext, the IV the server chose
+    (None when the request gave one), and the GCM tag (None for the key wraps)."""
+
+    data: bytes = field(repr=False)
+    iv: bytes | None = None
+    tag: bytes | None = None
 
 
 class KmipClient:
@@ -374,6 +388,37 @@ class KmipClient:
     def destroy(self, uid: str) -> None:
         """Destroy (4.21) the key material; servers keep the metadata."""
         self._call(Operation.DESTROY, text(Tag.UNIQUE_IDENTIFIER, uid), uid=uid)
+
+    # -- cryptographic services ---------------------------------------------------------
+
+    def encrypt(self, uid: str, data: bytes, *, mode: BlockCipherMode = BlockCipherMode.GCM,
+                iv: bytes | None = None, aad: bytes | None = None,
+                tag_length: int | None = None) -> Encrypted:
+        """Encrypt (4.29) ``data`` with key ``uid`` inside the server; the key stays there.
+
+        GCM's Additional Data and tag are KMIP 1.4 fields: open the client with
+        ``version=ProtocolVersion(1, 4)`` for GCM against servers that check versions.
+        """
+        payload = self._call(Operation.ENCRYPT, *cipher_fields(
+            uid, data, mode=mode, iv=iv, aad=aad, tag=None, tag_length=tag_length), uid=uid)
+        out = get_bytes(payload, Tag.DATA)
+        assert out is not None
+        return Encrypted(out, get_bytes(payload, Tag.IV_COUNTER_NONCE, required=False),
+                         get_bytes(payload, Tag.AUTHENTICATED_ENCRYPTION_TAG, required=False))
+
+    def decrypt(self, uid: str, data: bytes, *, mode: BlockCipherMode = BlockCipherMode.GCM,
+                iv: bytes | None = None, aad: bytes | None = None,
+                tag: bytes | None = None) -> bytes:
+        """Decrypt (4.30) ``data`` with key ``uid`` inside the server.
+
+        Data that does not authenticate raises :class:`ItemFailed` with Result Reason
+        Cryptographic Failure.
+        """
+        payload = self._call(Operation.DECRYPT, *cipher_fields(
+            uid, data, mode=mode, iv=iv, aad=aad, tag=tag, tag_length=None), uid=uid)
+        plain = get_bytes(payload, Tag.DATA)
+        assert plain is not None
+        return plain
 
 
 def _payload(result: ResponseBatchItem, operation: int, uid: str | None) -> Item:

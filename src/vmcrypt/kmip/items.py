@@ -23,6 +23,7 @@ __all__ = [
     "enum",
     "find",
     "find_all",
+    "get_bool",
     "get_bytes",
     "get_enum",
     "get_int",
@@ -145,6 +146,11 @@ def get_bytes(parent: Item, tag: int, *, required: bool = True) -> bytes | None:
 def get_int(parent: Item, tag: int, *, required: bool = True) -> int | None:
     """An Integer child's value."""
     return cast("int | None", _get(parent, tag, ItemType.INTEGER, int, required))
+
+
+def get_bool(parent: Item, tag: int, *, required: bool = True) -> bool | None:
+    """A Boolean child's value."""
+    return cast("bool | None", _get(parent, tag, ItemType.BOOLEAN, bool, required))
 
 
 def get_enum(parent: Item, tag: int, *, required: bool = True) -> int | None:

@@ -23,13 +23,20 @@ from vmcrypt.kmip.items import (
     structure,
     text,
 )
-from vmcrypt.kmip.tags import CryptographicAlgorithm, KeyFormatType, ResultReason, Tag
+from vmcrypt.kmip.tags import (
+    BlockCipherMode,
+    CryptographicAlgorithm,
+    KeyFormatType,
+    ResultReason,
+    Tag,
+)
 from vmcrypt.kmip.ttlv import Item, ItemType
 
 __all__ = [
     "AttributesArg",
     "add_fields",
     "attribute_list",
+    "cipher_fields",
     "get_fields",
     "ints",
     "key_bytes",
@@ -55,6 +62,22 @@ def raw_symmetric_key(key: bytes) -> Item:
             enum(Tag.CRYPTOGRAPHIC_ALGORITHM, CryptographicAlgorithm.AES),
             integer(Tag.CRYPTOGRAPHIC_LENGTH, len(key) * 8),
         ),
+    )
+
+
+def cipher_fields(uid: str, data: bytes, *, mode: BlockCipherMode, iv: bytes | None,
+                  aad: bytes | None, tag: bytes | None,
+                  tag_length: int | None) -> tuple[Item | None, ...]:
+    """The fields of an Encrypt (4.29) or Decrypt (4.30) request, in the spec's order."""
+    return (
+        text(Tag.UNIQUE_IDENTIFIER, uid),
+        structure(Tag.CRYPTOGRAPHIC_PARAMETERS, enum(Tag.BLOCK_CIPHER_MODE, mode),
+                  integer(Tag.TAG_LENGTH, tag_length) if tag_length is not None else None),
+        byte_string(Tag.DATA, data),
+        byte_string(Tag.IV_COUNTER_NONCE, iv) if iv is not None else None,
+        byte_string(Tag.AUTHENTICATED_ENCRYPTION_ADDITIONAL_DATA, aad)
+        if aad is not None else None,
+        byte_string(Tag.AUTHENTICATED_ENCRYPTION_TAG, tag) if tag is not None else None,
     )
 
 

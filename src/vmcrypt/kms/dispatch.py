@@ -43,9 +43,11 @@ from vmcrypt.kms.operations import (
     activate,
     add_attribute,
     create,
+    decrypt,
     delete_attribute,
     destroy,
     discover_versions,
+    encrypt,
     get,
     get_attribute_list,
     get_attributes,
@@ -74,6 +76,8 @@ OPERATIONS: dict[int, OperationFn] = {
     Operation.ACTIVATE: activate.run,
     Operation.REVOKE: revoke.run,
     Operation.DESTROY: destroy.run,
+    Operation.ENCRYPT: encrypt.run,
+    Operation.DECRYPT: decrypt.run,
     Operation.QUERY: query.run,
     Operation.DISCOVER_VERSIONS: discover_versions.run,
 }
@@ -82,7 +86,7 @@ OPERATIONS: dict[int, OperationFn] = {
 #: statements sees a consistent snapshot; WAL readers never block writers).
 READ_ONLY = frozenset({
     Operation.GET, Operation.GET_ATTRIBUTES, Operation.GET_ATTRIBUTE_LIST, Operation.LOCATE,
-    Operation.QUERY, Operation.DISCOVER_VERSIONS,
+    Operation.QUERY, Operation.DISCOVER_VERSIONS, Operation.ENCRYPT, Operation.DECRYPT,
 })
 
 _LOWEST = SUPPORTED_VERSIONS[-1]
