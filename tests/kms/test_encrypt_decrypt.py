@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -322,3 +323,19 @@ def test_encrypt_in_a_kmip_1_4_batch_with_id_placeholder(kmip: KmipConn) -> None
         RequestBatchItem(Operation.ENCRYPT, without_uid, b"\x02")], version=V1_4)
     sealed = response.items[1].payload
     assert sealed is not None and _bytes(sealed, Tag.DATA) == GCM1_DATA
+
+
+def test_pykmip_client_encrypts_and_decrypts(pykmip: Any) -> None:
+    """PyKMIP's ``ProxyKmipClient``, an independent client, wraps and unwraps a KEK with a
+    key that stays in the server (NIST Key Wrap; PyKMIP 0.11 sends no GCM tag fields)."""
+    from kmip import enums as pykmip_enums
+    from kmip.core.enums import KMIPVersion
+
+    proxy = pykmip(KMIPVersion.KMIP_1_2)
+    uid = proxy.create(pykmip_enums.CryptographicAlgorithm.AES, 256)
+    proxy.activate(uid)
+    kek = bytes(range(32))
+    params = {"block_cipher_mode": pykmip_enums.BlockCipherMode.NIST_KEY_WRAP}
+    wrapped, iv = proxy.encrypt(kek, uid=uid, cryptographic_parameters=params)
+    assert iv is None and len(wrapped) == 40 and kek not in wrapped
+    assert proxy.decrypt(wrapped, uid=uid, cryptographic_parameters=params) == kek
