@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -328,8 +328,9 @@ def test_encrypt_in_a_kmip_1_4_batch_with_id_placeholder(kmip: KmipConn) -> None
 def test_pykmip_client_encrypts_and_decrypts(pykmip: Any) -> None:
     """PyKMIP's ``ProxyKmipClient``, an independent client, wraps and unwraps a KEK with a
     key that stays in the server (NIST Key Wrap; PyKMIP 0.11 sends no GCM tag fields)."""
-    from kmip import enums as pykmip_enums
     from kmip.core.enums import KMIPVersion
+
+    from kmip import enums as pykmip_enums
 
     proxy = pykmip(KMIPVersion.KMIP_1_2)
     uid = proxy.create(pykmip_enums.CryptographicAlgorithm.AES, 256)
