@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,66 @@ async def test_native_and_plain_vms_clone_and_cross_clusters(
         assert not (hosts.datastore / vm["instance_uuid"]).exists()
     assert hosts.states["esx-c"].cache.native_provider_ids() == ["nkp"]
     await _same_data(control, admin, native["id"])
+
+
+@pytest.mark.anyio
+async def test_cancelled_clone_leaves_nothing_and_busy_vm_refuses_moves(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Fleet, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+    ids.update(await _second_cluster(control, admin, hosts))
+    created = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "vm-01", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK, DISK], "storage_policy_id": ids["policy"]})
+    vm = created.json()
+    key_id = vm["key_ids"]["home"]
+    await _write(control, admin, vm["id"])
+
+    # The host's clone waits until it is cancelled: the job is deterministically running.
+    from vmcrypt.host.api import moves
+
+    real = moves.clone_vm
+
+    def held(*args: Any, cancel: threading.Event | None = None, **kwargs: Any) -> Any:
+        assert cancel is not None
+        cancel.wait(10)
+        return real(*args, cancel=cancel, **kwargs)
+
+    monkeypatch.setattr(moves, "clone_vm", held)
+    started = await control.post(f"{API}/vms/{vm['id']}/clone", json={"name": "vm-02"},
+                                 headers=admin)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    clone_key = next(k for k in hosts.kek_ids("esx-a") if k != key_id)
+    assert hosts.kek_ids("esx-b") == sorted([key_id, clone_key])
+
+    # Busy: no second clone, no migration, while the clone runs.
+    for action, body in (("clone", {"name": "vm-03"}), ("migrate", {"host_id": ids["esx-b"]}),
+                         ("migrate", {"host_id": ids["esx-c"]})):
+        busy = await control.post(f"{API}/vms/{vm['id']}/{action}", json=body, headers=admin)
+        assert busy.status_code == 409 and "busy" in busy.json()["message"], busy.text
+
+    cancel = await control.post(f"{API}/jobs/{job['id']}/cancel", headers=admin)
+    assert cancel.status_code == 202, cancel.text
+    for _ in range(400):
+        status = (await control.get(f"{API}/vms/{vm['id']}/jobs/{job['id']}",
+                                    headers=admin)).json()
+        if status["job"]["state"] in FINAL:
+            break
+        await asyncio.sleep(0.02)
+    assert status["job"]["state"] == "cancelled" and status["clone"] is None
+    # Nothing of the clone: no row, no folder, its new KEK gone from every host.
+    names = [v["name"] for v in (await control.get(f"{API}/vms", headers=admin)).json()]
+    assert names == ["vm-01"]
+    assert [p.name for p in hosts.datastore.iterdir() if not p.name.startswith(".")] == [
+        vm["instance_uuid"]]
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == [key_id]
+    await _same_data(control, admin, vm["id"])
+    events = (await control.get(f"{API}/events?type=crypto.clone", headers=admin)).json()
+    assert "cancelled" in {e["details"]["result"] for e in events}
+    # Free again: the move goes through.
+    moved = await control.post(f"{API}/vms/{vm['id']}/migrate", json={"host_id": ids["esx-b"]},
+                               headers=admin)
+    assert moved.status_code == 200, moved.text
