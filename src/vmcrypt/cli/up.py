@@ -112,10 +112,17 @@ class Plan:
 
 
 class Children:
-    """The child processes, started in order and stopped in reverse."""
+    """The child processes, started in order and stopped in reverse.
 
-    def __init__(self, logs: Path) -> None:
+    With ``own_groups`` each child leads its own process group (a new session), and
+    :meth:`kill` and :meth:`stop` signal the whole group, so nothing a child spawned
+    outlives it; integration tests use that to ``kill -9`` one host cleanly. ``up``
+    keeps the default so a terminal's Ctrl-C reaches it and it stops the children.
+    """
+
+    def __init__(self, logs: Path, *, own_groups: bool = False) -> None:
         self.logs = logs
+        self.own_groups = own_groups
         self.running: dict[str, subprocess.Popen[str]] = {}
         #: Closed before the children stop: an idle keep-alive connection would make
         #: uvicorn wait for it during its graceful shutdown.
@@ -128,6 +135,7 @@ class Children:
             self.running[name] = subprocess.Popen(
                 [sys.executable, "-m", "vmcrypt.cli.main", *args], stdout=subprocess.PIPE,
                 stderr=log, text=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                start_new_session=self.own_groups,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def listening(self, name: str) -> dict[str, Any]:
@@ -158,20 +166,37 @@ class Children:
         """The name of a child that has exited, if any."""
         return next((n for n, p in self.running.items() if p.poll() is not None), None)
 
+    def _signal(self, process: subprocess.Popen[str], signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.own_groups:
+                os.killpg(process.pid, signum)
+            elif process.poll() is None:
+                process.send_signal(signum)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL child ``name`` (its group with ``own_groups``), as a crash would."""
+        process = self.running.pop(name)
+        self._signal(process, signal.SIGKILL)
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
     def stop(self) -> None:
         """SIGTERM every child (newest first), then SIGKILL whoever outlives the grace."""
         for client in self.clients:
             client.close()
         for process in reversed(self.running.values()):
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                self._signal(process, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_GRACE
         for process in reversed(self.running.values()):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                self._signal(process, signal.SIGKILL)
                 process.wait()
+            if self.own_groups:  # the leader is gone; leave nothing of its group behind
+                self._signal(process, signal.SIGKILL)
             if process.stdout is not None:
                 process.stdout.close()
 
