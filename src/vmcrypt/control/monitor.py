@@ -158,10 +158,13 @@ class HostMonitor:
         host.connection_state = ConnectionState.NOT_RESPONDING
         # A wrong certificate or a host never enrolled is a security matter with its own
         # event type; anything else (down, timeout) is the host not responding.
+        # A host registered but not enrolled yet is expected for a moment (a warning);
+        # a wrong certificate is someone else answering at its address (an error).
         event = (exc.event if isinstance(exc, HostCertificateMismatch | HostNotEnrolled)
                  else None)
         append_event(session, type=event or "host.not_responding",
-                     severity=Severity.ERROR if event else Severity.WARNING,
+                     severity=(Severity.ERROR if isinstance(exc, HostCertificateMismatch)
+                               else Severity.WARNING),
                      object_type="host", object_id=host.id,
                      message=f"host {host.name!r} is not responding: {exc}",
                      details={"error": kind})
