@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
 import uuid
@@ -233,3 +234,33 @@ def test_api_clone_job_and_bundle_move(tmp_path: Path) -> None:
     bad = api_b.put(f"/vms/{uuid.uuid4()}/bundle", content=b"not a tar" * 100)
     assert bad.status_code == 422
     assert a.cache.has(KMS, "k1") and NATIVE not in a.cache.native_provider_ids()
+
+
+def test_bundle_refused_when_sizes_or_sealed_blobs_do_not_match(
+    ds: Datastore, cache: KeyCache, std_key: KeySpec, tmp_path: Path
+) -> None:
+    import json
+
+    from vmcrypt.crypto.exceptions import IntegrityError
+
+    src = _vm(ds, cache, std_key, disks=1)
+    other = Datastore(tmp_path / "other")
+    config = ds.config_path(src)
+    doc = json.loads(config.read_bytes())
+    sealed = bytearray(base64.b64decode(doc["home"]["blobs"]["nvram"]))
+    sealed[-1] ^= 1
+    doc["home"]["blobs"]["nvram"] = base64.b64encode(bytes(sealed)).decode()
+    config.write_text(json.dumps(doc))
+    receiver = BundleReceiver(other, src)
+    receiver.feed(b"".join(open_bundle(ds, src).chunks()))
+    with pytest.raises(IntegrityError):
+        receiver.commit(cache)
+    receiver.abort()
+
+    os.truncate(ds.disk_path(src, 0), MIB // 2)
+    receiver = BundleReceiver(other, src)
+    receiver.feed(b"".join(open_bundle(ds, src).chunks()))
+    with pytest.raises(BundleError, match="sizes"):
+        receiver.commit(cache)
+    receiver.abort()
+    assert list(other.root.iterdir()) == []

@@ -34,7 +34,7 @@ from vmcrypt.crypto.keys import generate_aead_key, generate_xts_key
 from vmcrypt.crypto.keysafe import open_keysafe
 from vmcrypt.disk import container
 from vmcrypt.disk.exceptions import ConversionCancelled, ConversionInProgress
-from vmcrypt.disk.files import fsync_dir, header_path, journal_path
+from vmcrypt.disk.files import fsync_dir, header_path, journal_path, no_space
 from vmcrypt.exceptions import UsageError
 from vmcrypt.host.datastore import CONFIG_NAME, Datastore, DiskRecord, KeyFacts, VmRecord
 from vmcrypt.host.exceptions import HostError, StateError, VmExists
@@ -353,7 +353,10 @@ class BundleReceiver:
             cut = min(len(view), 4096 - self._pos % 4096)
             part = view[:cut]
             if not (cut == 4096 and part == _ZERO_SECTOR):
-                os.pwrite(self._fd, part, self._pos)
+                try:
+                    os.pwrite(self._fd, part, self._pos)
+                except OSError as exc:
+                    raise no_space(exc, f"{self._name} of VM {self.vm_id}") from None
             self._pos += cut
             view = view[cut:]
         self._left -= step
@@ -385,9 +388,12 @@ class BundleReceiver:
             wanted.add(disk.file_name)
             if disk.encryption is not None:
                 wanted.add(disk.file_name + ".luks")
-        if wanted != set(self._seen):
+        if wanted != set(self._seen) or any(
+            self._seen[d.file_name] != d.size for d in record.disks
+        ):
             raise BundleError(
-                f"the bundle of VM {self.vm_id} does not hold exactly the files its vm.json names"
+                f"the bundle of VM {self.vm_id} does not hold exactly the files its vm.json "
+                "names, at their sizes"
             )
         self._check_keys(cache, record)
         target = self.ds.vm_dir(self.vm_id)
