@@ -358,3 +358,23 @@ async def test_native_vm_shallow_rekey_records_only_wrapped_keks(
     # The wrapped KEKs are stored; nothing else key-like is (they are ciphertext).
     files = [p for p in tmp_path.iterdir() if p.name.startswith(db_path.name)]
     assert all(_scan(files, v) > 0 for v in last.values())
+
+
+@pytest.mark.anyio
+async def test_create_refuses_bad_sizes_and_taken_names_before_any_key(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Hosts,  # noqa: F811
+) -> None:
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+    api = Api(control, tokens["admin"])
+    await _create(api, ids, "taken", disks=1)
+    keys = hosts.kek_ids("esx-a")
+    good = {"name": "new", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+            "disks": [DISK], "storage_policy_id": ids["policy"]}
+    for body, status in (({**good, "disks": [4097]}, 422), ({**good, "disks": [0]}, 422),
+                         ({**good, "disks": [1 << 50]}, 422), ({**good, "name": "taken"}, 409)):
+        answer = await control.post(f"{API}/vms", json=body, headers=api.headers)
+        assert answer.status_code == status, (body, answer.text)
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == keys  # no KEK left behind
+    listed = (await control.get(f"{API}/vms", headers=api.headers)).json()
+    assert [vm["name"] for vm in listed] == ["taken"]

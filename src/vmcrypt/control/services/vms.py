@@ -13,7 +13,10 @@ unlocking one.
 from __future__ import annotations
 
 import base64
+import contextlib
+from typing import Final
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vmcrypt.control.db.models import (
@@ -39,21 +42,37 @@ from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import (
     HostConnector,
     forget_keks,
+    hosts_of_vm,
     load_standard,
     push_kek,
     refresh_vm_keys,
 )
-from vmcrypt.exceptions import UsageError
+from vmcrypt.exceptions import UsageError, VmcryptError
 from vmcrypt.providers import COMPONENT_VM, KeyOwner
 
-__all__ = ["create", "delete", "host_of", "key_ids", "unlock", "unregister"]
+__all__ = ["MAX_DISK_SIZE", "SECTOR", "create", "delete", "host_of", "key_ids", "unlock",
+           "unregister"]
+
+#: Disk sizes: whole 4096-byte sectors, at most 16 TiB (the host's own limit).
+SECTOR: Final = 4096
+MAX_DISK_SIZE: Final = 1 << 44
 
 
 def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: int,
            host_id: int, disk_sizes: list[int],
            storage_policy_id: int | None = None,
            user_name: str | None = None) -> VirtualMachine:
-    """Create a VM on ``host_id``; encrypted when its storage policy says so."""
+    """Create a VM on ``host_id``; encrypted when its storage policy says so.
+
+    VM names are unique here (409 otherwise): clients such as the CLI name VMs, as govc
+    does, and a second VM of the same name would make every such command ambiguous.
+    """
+    for size in disk_sizes:  # before any KEK is made or pushed
+        if size <= 0 or size % SECTOR or size > MAX_DISK_SIZE:
+            raise UsageError(f"a disk size must be a positive multiple of {SECTOR} bytes up "
+                             f"to {MAX_DISK_SIZE} (16 TiB), not {size}")
+    if session.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name)) is not None:
+        raise Conflict(f"a VM named {name!r} already exists: choose another name")
     vm = create_vm(session, name=name, datastore_id=datastore_id, host_id=host_id,
                    storage_policy_id=storage_policy_id)
     disks = [add_disk(session, vm_id=vm.id, size_bytes=size) for size in disk_sizes]
@@ -84,10 +103,16 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
                           disk_id=disk.id, key_id=key_id)
     failed = push_kek(session, hosts, vm, provider_id=provider.name, key_id=key_id,
                       kek=new.kek)
-    if client.name in failed:
-        raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the events")
-    client.create_vm(vm.instance_uuid, name, disk_sizes, provider_id=provider.name,
-                     key_id=key_id)
+    try:
+        if client.name in failed:
+            raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the "
+                           "events")
+        client.create_vm(vm.instance_uuid, name, disk_sizes, provider_id=provider.name,
+                         key_id=key_id)
+    except Exception:
+        # The transaction rolls back; the hosts must not keep a KEK no record names.
+        _withdraw(hosts, hosts_of_vm(session, vm), provider.name, key_id)
+        raise
     crypto_event(session, operation="create", vm=vm, component="all", user_name=user_name,
                  provider=provider.name, key_id=key_id, details={"disks": len(disk_sizes)})
     return vm
@@ -159,6 +184,14 @@ def _event(session: Session, vm: VirtualMachine, operation: str, user_name: str 
     crypto_event(session, operation=operation, vm=vm, component="all", user_name=user_name,
                  provider=home.provider.name if home else None,
                  key_id=home.key_id if home else None, result=result, details=details)
+
+
+def _withdraw(hosts: HostConnector, targets: list[Host], provider_id: str,
+              key_id: str) -> None:
+    """Best effort: drop a KEK pushed for a VM whose creation failed from its hosts."""
+    for host in targets:
+        with contextlib.suppress(VmcryptError):
+            hosts.client(host).delete_kek(provider_id, key_id)
 
 
 def host_of(session: Session, hosts: HostConnector, vm: VirtualMachine) -> HostClient:

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vmcrypt.control.api.deps import AuditedRoute, CurrentUser, SessionDep, requires
 from vmcrypt.control.api.schemas import (
+    MAX_DISK_SIZE,
     ComponentRequest,
     DiskCreate,
     JobPublic,
@@ -75,8 +76,9 @@ class VmCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     datastore_id: int
     host_id: int
-    disks: list[int] = Field(default_factory=list, max_length=64,
-                             description="disk sizes in bytes, multiples of 4096")
+    disks: list[Annotated[int, Field(gt=0, le=MAX_DISK_SIZE, multiple_of=4096)]] = Field(
+        default_factory=list, max_length=64,
+        description="disk sizes in bytes: positive multiples of 4096, at most 16 TiB")
     storage_policy_id: int | None = None
 
 

@@ -10,7 +10,7 @@ memory on its way to the hosts and is never stored here.
 from __future__ import annotations
 
 import base64
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -40,7 +40,7 @@ from vmcrypt.control.services.keys import (
     load_standard,
     push_kek,
 )
-from vmcrypt.control.services.vms import host_of
+from vmcrypt.control.services.vms import MAX_DISK_SIZE, SECTOR, host_of
 from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
 
 __all__ = ["MAX_DISK_SIZE", "SECTOR", "Component", "RekeyTarget"]
@@ -50,9 +50,6 @@ Component = Literal["home"] | int
 #: What a re-key changes: VM home only, one disk, or every encrypted component.
 RekeyTarget = Literal["home", "all"] | int
 _FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-#: Disk sizes: whole 4096-byte sectors, at most 16 TiB (the host's own limit).
-SECTOR: Final = 4096
-MAX_DISK_SIZE: Final = 1 << 44
 
 
 
