@@ -42,6 +42,9 @@ async def seed(client: httpx.AsyncClient, admin_token: str, backup: tuple[bytes,
     ids["host"] = await new("/hosts", {
         "name": "seed", "hardware_uuid": str(uuid.uuid4()), "cluster_id": ids["cluster"],
         "api_url": "https://seed:8443"})
+    ids["other_host"] = await new("/hosts", {
+        "name": "seed-2", "hardware_uuid": str(uuid.uuid4()), "cluster_id": ids["cluster"],
+        "api_url": "https://seed-2:8443"})
     ids["datastore"] = await new("/datastores", {
         "name": "seed", "path": str(datastore or "/srv/seed"), "cluster_id": ids["cluster"]})
     ids["standard"] = await new("/key-providers/standard", {
