@@ -6,7 +6,8 @@ import importlib
 
 from vmcrypt.exceptions import EXIT_CODES, VmcryptError, exit_code_for
 
-_PACKAGES = ("control", "crypto", "disk", "host", "kmip", "kms", "pki", "providers")
+_PACKAGES = ("control", "crypto", "disk", "host", "kmip", "kms", "pki", "providers",
+             "trust")
 
 
 def _error_classes() -> dict[str, type[VmcryptError]]:

@@ -23,8 +23,10 @@
     ├── host.HostError           — a host operation on a VM: key not on this host, a
     │                              refused order (decrypt disks before home), a busy VM
     │                              (vmcrypt.host.exceptions)
-    └── control.ControlError     — the control plane: not found, conflict, permission
-                                   denied, authentication failed (vmcrypt.control.exceptions)
+    ├── control.ControlError     — the control plane: not found, conflict, permission
+    │                              denied, authentication failed (vmcrypt.control.exceptions)
+    └── trust.TrustError         — the Trust Authority: attestation failed, bad token, key
+                                   provider unavailable (vmcrypt.trust.exceptions)
 
 User mistakes and internal failures stay distinct all the way up: the CLI maps each class
 to an exit code (see ``EXIT_CODES``) and prints the message, which always says what
@@ -76,6 +78,15 @@ EXIT_CODES: dict[str, int] = {
     "Conflict": 27,
     "PermissionDenied": 28,
     "AuthenticationFailed": 29,
+    "TrustError": 30,
+    "AttestationFailed": 31,
+    "EvidenceMalformed": 32,
+    "TokenInvalid": 33,
+    "KeyProviderUnavailable": 34,
+    "KekCiphertextInvalid": 35,
+    "TrustObjectNotFound": 36,
+    "TrustConflict": 37,
+    "TrustConfigError": 38,
 }
 
 

@@ -30,6 +30,7 @@ from vmcrypt.cli.kms import app as kms_app
 from vmcrypt.cli.output import err
 from vmcrypt.cli.pki import app as pki_app
 from vmcrypt.cli.providers import kp_app, policy_app
+from vmcrypt.cli.trust import app as trust_app
 from vmcrypt.cli.up import up as up_command
 from vmcrypt.cli.vm import vm_app
 from vmcrypt.exceptions import VmcryptError, exit_code_for
@@ -49,6 +50,7 @@ app.add_typer(disk_app, name="disk")
 app.add_typer(host_app, name="host")
 app.add_typer(kms_app, name="kms")
 app.add_typer(pki_app, name="pki")
+app.add_typer(trust_app, name="trust")
 app.command("up")(up_command)
 app.add_typer(cluster_app, name="cluster")
 add_host_commands(host_app)
