@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from vmcrypt.cli.up import KMS_CLIENT, Api, Children, _free_port, _host_args, _register_kms
+from vmcrypt.cli.up import Api, Children, _free_port, _host_args, _register_kms
 from vmcrypt.crypto.keysafe import KeySafe, open_keysafe
 from vmcrypt.disk.container import read_keysafe
 from vmcrypt.host.datastore import CONFIG_NAME, VmRecord
@@ -156,9 +156,9 @@ def _read(api: Api, vm_id: int, length: int) -> bytes:
 
 
 def _kek(system: System, key_id: str) -> bytes:
-    """A KEK fetched from the KMS by ID with the client identity the control plane uses."""
+    """A KEK fetched from the KMS by ID with the KMS's own admin client certificate."""
     pki = system.kms_dir / "pki"
-    identity = cert_files(pki, KMS_CLIENT)
+    identity = cert_files(pki, "admin")
     reader = StandardKeyProvider("reader", [KmsServerConfig(
         "127.0.0.1", system.kms_port, ca_file=pki / "ca.pem", cert_file=identity.cert,
         key_file=identity.key)], product_version="test")
