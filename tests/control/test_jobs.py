@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from vmcrypt.control.db import repo
 from vmcrypt.control.db.models import JobState
 from vmcrypt.control.exceptions import Conflict, NotFound
+from vmcrypt.control.services.crypto_ops import JobRef, job_ref
 from vmcrypt.exceptions import UsageError
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)
@@ -77,3 +78,16 @@ def test_listing_filters_by_operation(session: Session) -> None:
     encrypt = repo.create_job(session, type="vm.encrypt", target_type="vm", target_id=1)
     repo.create_job(session, type="vm.decrypt", target_type="vm", target_id=1)
     assert [j.id for j in repo.list_jobs(session, type="vm.encrypt")] == [encrypt.id]
+
+
+def test_job_ref_reads_the_columns(session: Session) -> None:
+    """``JobRef``/``job_ref`` keep their shape; the reference now lives in columns."""
+    host = repo.create_host(session, name="esx2",
+                            hardware_uuid="4c4c4544-0000-1000-8000-000000000002")
+    job = repo.create_job(session, type="vm.rekey-deep", target_type="vm", target_id=1,
+                          component="home", host_id=host.id, host_job_id="j-1")
+    ref = job_ref(job)
+    assert ref == JobRef("vm.rekey-deep", "home", host.id, "j-1")
+    assert ref.type() == job.type == "vm.rekey-deep"
+    plain = repo.create_job(session, type="disk.rekey", target_type="disk", target_id=3)
+    assert job_ref(plain) is None
