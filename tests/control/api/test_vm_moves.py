@@ -338,6 +338,13 @@ async def test_cancelled_clone_leaves_nothing_and_busy_vm_refuses_moves(
     clone_key = next(k for k in hosts.kek_ids("esx-a") if k != key_id)
     assert hosts.kek_ids("esx-b") == sorted([key_id, clone_key])
 
+    # The name is taken by the clone in the making, even for another VM's clone.
+    other = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "other", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK]})
+    taken = await control.post(f"{API}/vms/{other.json()['id']}/clone",
+                               json={"name": "vm-02"}, headers=admin)
+    assert taken.status_code == 409 and "being made" in taken.json()["message"], taken.text
     # Busy: no second clone, no migration, while the clone runs.
     for action, body in (("clone", {"name": "vm-03"}), ("migrate", {"host_id": ids["esx-b"]}),
                          ("migrate", {"host_id": ids["esx-c"]})):
@@ -355,9 +362,9 @@ async def test_cancelled_clone_leaves_nothing_and_busy_vm_refuses_moves(
     assert status["job"]["state"] == "cancelled" and status["clone"] is None
     # Nothing of the clone: no row, no folder, its new KEK gone from every host.
     names = [v["name"] for v in (await control.get(f"{API}/vms", headers=admin)).json()]
-    assert names == ["vm-01"]
-    assert [p.name for p in hosts.datastore.iterdir() if not p.name.startswith(".")] == [
-        vm["instance_uuid"]]
+    assert names == ["vm-01", "other"]
+    assert sorted(p.name for p in hosts.datastore.iterdir() if not p.name.startswith(".")) == (
+        sorted([vm["instance_uuid"], other.json()["instance_uuid"]]))
     assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == [key_id]
     await _same_data(control, admin, vm["id"])
     events = (await control.get(f"{API}/events?type=crypto.clone", headers=admin)).json()

@@ -88,6 +88,8 @@ def clone(session: Session, hosts: HostConnector, vm: VirtualMachine, *, name: s
                        f"{vm.name!r}: clone on a host of its cluster, then migrate the clone")
     if session.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name)) is not None:
         raise Conflict(f"a VM named {name!r} already exists: choose another name for the clone")
+    if name in _pending_clone_names(session):
+        raise Conflict(f"a clone named {name!r} is already being made: choose another name")
     client = hosts.client(host)
     _idle(session, hosts, vm, client)
     clone_uuid = str(uuid.uuid4())
@@ -185,6 +187,17 @@ def settle_clones(session: Session, hosts: HostConnector, vm: VirtualMachine) ->
         if job.type == CLONE_JOB and job.host_id is not None:
             with contextlib.suppress(ControlError, AddKeysToHostFailed):
                 settle_clone(session, hosts, job)
+
+
+def _pending_clone_names(session: Session) -> set[str]:
+    """Names of clones whose jobs still run (their rows do not exist yet)."""
+    active = set(session.scalars(select(Job.id).where(
+        Job.type == CLONE_JOB, Job.state.in_([JobState.QUEUED, JobState.RUNNING]))))
+    if not active:
+        return set()
+    return {str(event.details["clone_name"]) for event in session.scalars(
+                select(Event).where(Event.type == "crypto.clone"))
+            if event.details.get("job_id") in active and "clone_name" in event.details}
 
 
 def _started_event(session: Session, job: Job) -> dict[str, Any]:
