@@ -18,9 +18,11 @@ reconnect is idempotent (it pushes what the host should hold), so doing one too 
 is cheap while missing one leaves VMs unusable. Boot IDs are kept in memory only; with
 several control plane replicas each reconnects once, which is harmless.
 
-Each host is handled in its own transaction, so one host's failure changes nothing
-for the others; an unexpected error is logged (type only — messages may carry
-provider details) and the host is retried at the next poll.
+Hosts are probed in parallel and outside any transaction (a hung host must not hold
+the database's write lock); a host whose state changes is then handled in its own
+transaction, so one host's failure changes nothing for the others. An unexpected error
+is logged (type only — messages may carry provider details) and the host is retried at
+the next poll.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +50,32 @@ logger = logging.getLogger("vmcrypt.control.monitor")
 
 #: Seconds between two polls of every host (``--host-check-interval``).
 DEFAULT_INTERVAL: Final = 5.0
+
+
+#: Hosts probed at once; more wait for a free probe (a hung host costs one slot).
+_MAX_PROBES: Final = 16
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a probe needs of a host row, read in a short transaction and then used
+    without one."""
+
+    id: int
+    name: str
+    api_url: str | None
+    certificate_fingerprint: str | None
+    state: ConnectionState
+
+    @classmethod
+    def of(cls, host: Host) -> _Target:
+        return cls(host.id, host.name, host.api_url, host.certificate_fingerprint,
+                   host.connection_state)
+
+    def detached(self) -> Host:
+        """A transient ``Host`` (in no session) for the connector: it reads these fields."""
+        return Host(id=self.id, name=self.name, api_url=self.api_url,
+                    certificate_fingerprint=self.certificate_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -89,45 +118,74 @@ class HostMonitor:
     # --- one pass -----------------------------------------------------------------------
 
     def check_once(self) -> list[HostCheck]:
-        """Poll every host with an API URL once; reconnect those that need it."""
+        """Poll every host with an API URL once; reconnect those that need it.
+
+        The probes run in parallel and **outside** any transaction: every SQLite
+        transaction here takes the write lock (``BEGIN IMMEDIATE``), so holding one
+        across a slow or hung host would stall every API write. A transaction is opened
+        only for a host whose state changes or that needs a reconnect.
+        """
         with self._pass_lock:
             with self._database.transaction() as session:
-                targets = [(h.id, h.name) for h in session.scalars(
+                targets = [_Target.of(h) for h in session.scalars(
                     select(Host).where(Host.api_url.is_not(None)).order_by(Host.id))]
-            results = []
-            for host_id, name in targets:
-                try:
-                    with self._database.transaction() as session:
-                        results.append(self._check(session, host_id))
-                except Exception as exc:  # one host must not stop the others
-                    logger.warning("host %s: check failed (%s); retrying at the next poll",
-                                   name, type(exc).__name__)
-                    results.append(HostCheck(host_id, name, responding=False,
-                                             error=type(exc).__name__))
+            for gone in set(self._boot_ids) - {t.id for t in targets}:
+                del self._boot_ids[gone]
+            if not targets:
+                results: list[HostCheck] = []
+            else:
+                with ThreadPoolExecutor(max_workers=min(len(targets), _MAX_PROBES),
+                                        thread_name_prefix="vmcrypt-host-probe") as pool:
+                    probes = list(pool.map(self._probe, targets))
+                results = [self._settle(target, probe)
+                           for target, probe in zip(targets, probes, strict=True)]
         if self._on_check is not None:
             self._on_check(results)
         return results
 
-    def _check(self, session: Session, host_id: int) -> HostCheck:
-        host = session.get(Host, host_id)
-        if host is None:  # deleted since the list was read
-            self._boot_ids.pop(host_id, None)
-            return HostCheck(host_id, "", responding=False)
+    def _probe(self, target: _Target) -> str | VmcryptError:
+        """The host's boot ID, or why it did not answer (no database access here)."""
         try:
-            health = self._hosts.client(host).health()
+            health = self._hosts.client(target.detached()).health()
         except VmcryptError as exc:
-            self._not_responding(session, host, exc)
-            return HostCheck(host.id, host.name, responding=False, error=type(exc).__name__)
-        self._last_error.pop(host.id, None)
-        boot_id = str(health.get("boot_id") or "")
+            return exc
+        return str(health.get("boot_id") or "")
+
+    def _settle(self, target: _Target, probe: str | VmcryptError) -> HostCheck:
+        """Act on one probe in the host's own transaction, when anything must change."""
+        if isinstance(probe, str):
+            self._last_error.pop(target.id, None)
+            known = self._boot_ids.get(target.id)
+            if (target.state is ConnectionState.CONNECTED and known is not None
+                    and known == probe):
+                return HostCheck(target.id, target.name, responding=True)
+        elif (target.state is ConnectionState.NOT_RESPONDING
+              and self._last_error.get(target.id) == type(probe).__name__):
+            return HostCheck(target.id, target.name, responding=False,
+                             error=type(probe).__name__)  # still down: nothing to write
+        try:
+            with self._database.transaction() as session:
+                host = session.get(Host, target.id)
+                if host is None:  # deleted since the list was read
+                    self._boot_ids.pop(target.id, None)
+                    return HostCheck(target.id, target.name, responding=False)
+                if isinstance(probe, VmcryptError):
+                    self._not_responding(session, host, probe)
+                    return HostCheck(target.id, target.name, responding=False,
+                                     error=type(probe).__name__)
+                return self._reconnect(session, host, probe)
+        except Exception as exc:  # one host must not stop the others
+            logger.warning("host %s: check failed (%s); retrying at the next poll",
+                           target.name, type(exc).__name__)
+            return HostCheck(target.id, target.name, responding=False,
+                             error=type(exc).__name__)
+
+    def _reconnect(self, session: Session, host: Host, boot_id: str) -> HostCheck:
         known = self._boot_ids.get(host.id)
         restarted = known is not None and known != boot_id
-        if (host.connection_state is ConnectionState.CONNECTED and known is not None
-                and not restarted):
-            return HostCheck(host.id, host.name, responding=True)
         was = host.connection_state
         report = reconnect_host(session, self._hosts, host, sealing_key=self._sealing_key)
-        if not report.connected:  # it went away between the two calls
+        if not report.connected:  # it went away between the probe and now
             return HostCheck(host.id, host.name, responding=False)
         self._boot_ids[host.id] = boot_id
         why = ("restarted" if restarted else

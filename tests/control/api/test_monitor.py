@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,11 +40,25 @@ class Switchable(InProcessHosts):
     def __init__(self, datastore: Path) -> None:
         super().__init__(datastore)
         self.down: set[str] = set()
+        #: Hosts whose health call hangs until the event is set (and signals ``probing``).
+        self.hang: dict[str, threading.Event] = {}
+        self.probing = threading.Event()
 
     def client(self, host: Host) -> HostClient:
         if host.name in self.down:
             raise HostUnreachable(f"host {host.name!r} could not be reached (ConnectError)")
-        return super().client(host)
+        client = super().client(host)
+        gate = self.hang.get(host.name)
+        if gate is not None:
+            answer = client.health
+
+            def slow_health() -> dict[str, object]:
+                self.probing.set()
+                assert gate.wait(10), "the test never released the hung host"
+                return answer()
+
+            client.health = slow_health  # type: ignore[method-assign]
+        return client
 
     def kek_ids(self, name: str) -> list[str]:
         return sorted(k for _p, k in self.states[name].cache.key_ids())
@@ -225,3 +240,37 @@ def test_the_interval_must_be_positive(database: Database, master_key: bytes,
                                        hosts: Switchable) -> None:
     with pytest.raises(ValueError, match="positive"):
         HostMonitor(database, hosts, sealing_key=master_key, interval=0)
+
+
+async def test_a_hung_host_holds_no_database_lock(
+    control: httpx.AsyncClient, tokens: dict[str, str], hosts: Switchable,
+    monitor: HostMonitor, database: Database,
+) -> None:
+    """Probes run outside transactions: the API can write while a host hangs."""
+    admin = auth(tokens["admin"])
+    cluster = (await control.post(f"{API}/clusters", json={"name": "c"},
+                                  headers=admin)).json()["id"]
+    for name in ("esx-a", "esx-b"):
+        await control.post(f"{API}/hosts", headers=admin, json={
+            "name": name, "hardware_uuid": str(uuid.uuid4()), "cluster_id": cluster,
+            "api_url": f"https://{name}:8443"})
+    monitor.check_once()
+    hosts.start("esx-b")  # restarted: the pass below reconnects it
+    release = threading.Event()
+    hosts.hang["esx-a"] = release
+    results: list[HostCheck] = []
+    worker = threading.Thread(target=lambda: results.extend(monitor.check_once()))
+    worker.start()
+    try:
+        assert hosts.probing.wait(10)
+        started = time.monotonic()
+        written = await control.post(f"{API}/clusters", json={"name": "meanwhile"},
+                                     headers=admin)
+        assert written.status_code == 201, written.text
+        assert time.monotonic() - started < 2.0  # not waiting for the hung probe
+    finally:
+        release.set()
+        worker.join(30)
+    checks = _by_name(results)
+    assert checks["esx-a"].responding and not checks["esx-a"].reconnected
+    assert checks["esx-b"].reconnected
