@@ -9,9 +9,10 @@ Who may call what is decided in two dependencies, never in handlers:
 
 The caller's certificate CN reaches the app in the ASGI scope (``extensions.tls``, set
 by :mod:`vmcrypt.trust.server` from the verified TLS session), so tests run the same app
-in-process by putting a CN there. Errors are ``{"detail": …}`` with the status of the
-:class:`~vmcrypt.trust.exceptions.TrustError` class; validation errors never echo the
-input back (it may be a KEK ciphertext). KEK responses carry ``Cache-Control: no-store``.
+in-process by putting a CN there. Errors are ``{"detail": …, "error": CLASS}`` with the
+status of the :class:`~vmcrypt.trust.exceptions.TrustError` class (and ``reason`` for a
+refused attestation); validation errors never echo the input back (it may be a KEK
+ciphertext). KEK responses carry ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from vmcrypt.trust.config import KmsServer
 from vmcrypt.trust.exceptions import (
     AttestationFailed,
     KekCiphertextInvalid,
-    TokenInvalid,
     TrustError,
 )
 from vmcrypt.trust.schemas import (
@@ -256,11 +256,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def trust_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TrustError)
+        name = type(exc).__name__.lstrip("_")
         if isinstance(exc, AttestationFailed):
-            return _error(exc.status, str(exc), reason=exc.reason)
-        if isinstance(exc, TokenInvalid):
-            return _error(401, str(exc))
-        return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), error=name, reason=exc.reason)
+        return _error(exc.status, str(exc), error=name)
 
     async def usage_error(_request: Request, exc: Exception) -> JSONResponse:
         return _error(400, str(exc))

@@ -31,6 +31,7 @@ from vmcrypt.exceptions import UsageError, VmcryptError
 from vmcrypt.pki.tls import client_context
 from vmcrypt.trust.exceptions import (
     AttestationFailed,
+    KekCiphertextInvalid,
     KeyProviderUnavailable,
     TokenInvalid,
     TrustConflict,
@@ -77,6 +78,8 @@ def error_from_response(response: httpx.Response) -> VmcryptError:
     status = response.status_code
     if status == 403 and "reason" in body:
         return AttestationFailed(str(body["reason"]))
+    if status == 400 and body.get("error") == "KekCiphertextInvalid":
+        return KekCiphertextInvalid(detail)
     if status in _BY_STATUS:
         return _BY_STATUS[status](detail)
     if 400 <= status < 500:
