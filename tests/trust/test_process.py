@@ -159,16 +159,20 @@ def test_attest_create_unwrap_and_every_refusal(tmp_path: Path) -> None:
 
         # -- the administrator: provider (primary key made in the KMS), host, baseline --
         kms_pki = kms_dir / "pki"
+        service = issue_client(kms_pki, "trust-authority")  # its own KMS identity
         provider = _cli("provider", "add", "tp1", "--kms", f"127.0.0.1:{kms_listening['port']}",
-                        "--kms-ca", str(kms_pki / "ca.pem"),
-                        "--kms-cert", str(kms_pki / "admin.pem"),
-                        "--kms-key", str(kms_pki / "admin.key"), *admin_args)
+                        "--kms-ca", str(kms_pki / "ca.pem"), "--kms-cert", str(service.cert),
+                        "--kms-key", str(service.key), *admin_args)
         key_id = provider["key_id"]
         a = Host(tmp_path, "host-a", pki, url)
         b = Host(tmp_path, "host-b", pki, url)
-        for host in (a, b):
-            _cli("host", "add", host.name, "--hardware-uuid", host.uuid,
-                 "--public-key", str(host.public_key), *admin_args)
+        _cli("host", "add", a.name, "--hardware-uuid", a.uuid,
+             "--public-key", str(a.public_key), *admin_args)
+        with TrustClient(url, ca_file=pki / "ca.pem", cert_file=pki / "admin.pem",
+                         key_file=pki / "admin.key") as admin:
+            admin.request("POST", "/hosts", json={
+                "name": b.name, "hardware_uuid": b.uuid,
+                "public_key_pem": b.public_key.read_text()})
         baseline = _cli("baseline", "add", "release-1", "--from-install", "--package",
                         str(a.package), "--config", str(a.config), *admin_args)
         assert baseline["measurements"] == measure_host(config=a.config.read_bytes(),
@@ -178,6 +182,7 @@ def test_attest_create_unwrap_and_every_refusal(tmp_path: Path) -> None:
 
         # -- attest, create a KEK, unwrap it again -----------------------------------------
         token = a.token()
+        token_issued = time.monotonic()
         kek, ciphertext, got_key_id = a.client.new_kek("tp1", token)
         assert len(kek) == 32 and got_key_id == key_id and len(ciphertext) == 1 + 12 + 16 + 32
         assert a.client.unwrap("tp1", ciphertext, token) == kek
@@ -226,8 +231,16 @@ def test_attest_create_unwrap_and_every_refusal(tmp_path: Path) -> None:
         with pytest.raises(AttestationFailed, match="measurement 'config'"):
             a.token()
 
+        # -- the primary key is in the KMS (read by the test, never by the service) -------
+        files = cert_files(kms_pki, "admin")
+        context = client_context(ca_file=kms_pki / "ca.pem", cert_file=files.cert,
+                                 key_file=files.key)
+        with KmipClient("127.0.0.1", kms_listening["port"], ssl_context=context) as client:
+            primary = client.get_key(key_id)
+        assert len(primary) == 32
+
         # -- expiry ------------------------------------------------------------------------
-        time.sleep(TOKEN_TTL + 1.1)
+        time.sleep(max(0.0, token_issued + TOKEN_TTL + 1.1 - time.monotonic()))
         with pytest.raises(TokenInvalid, match="expired"):
             a.client.unwrap("tp1", ciphertext, token)
 
@@ -259,18 +272,9 @@ def test_attest_create_unwrap_and_every_refusal(tmp_path: Path) -> None:
     assert _hits(kek, trust_files) == []
     assert _hits(second, trust_files) == []
     assert b"Traceback" not in trust_log.read_bytes()
-
-    # The primary key exists in the KMS (read here by the test, never by the service).
-    with ExitStack() as stack:
-        _, kms_listening = stack.enter_context(_process(
-            _vmcrypt("kms", "serve", "--data-dir", str(kms_dir), "--port", "0", "--json"),
-            kms_log))
-        files = cert_files(kms_dir / "pki", "admin")
-        context = client_context(ca_file=kms_dir / "pki" / "ca.pem", cert_file=files.cert,
-                                 key_file=files.key)
-        with KmipClient("127.0.0.1", kms_listening["port"], ssl_context=context) as client:
-            primary = client.get_key(key_id)
-    assert len(primary) == 32
     assert _hits(primary, trust_files) == [], "the primary key never leaves the KMS"
     audit = kms_log.read_text()
-    assert "Encrypt" in audit and "Decrypt" in audit
+    assert f"Encrypt {key_id} by trust-authority: success" in audit
+    assert f"Decrypt {key_id} by trust-authority: success" in audit
+    assert f"Get {key_id} by trust-authority" not in audit, "the service never reads the key"
+    assert f"Get {key_id} by admin: success" in audit
