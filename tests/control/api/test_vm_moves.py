@@ -373,3 +373,37 @@ async def test_cancelled_clone_leaves_nothing_and_busy_vm_refuses_moves(
     moved = await control.post(f"{API}/vms/{vm['id']}/migrate", json={"host_id": ids["esx-b"]},
                                headers=admin)
     assert moved.status_code == 200, moved.text
+
+
+@pytest.mark.anyio
+async def test_a_clone_followed_at_jobs_is_recorded_too(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Fleet,  # noqa: F811
+) -> None:
+    """``GET /jobs/{id}`` settles a clone as ``GET /vms/{id}/jobs/{job}`` does: the clone
+    appears in the inventory once its job succeeded, and only once."""
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+    made = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "src", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK, DISK], "storage_policy_id": ids["policy"]})
+    assert made.status_code == 201, made.text
+    source = made.json()
+    await _write(control, admin, source["id"])
+    started = await control.post(f"{API}/vms/{source['id']}/clone", json={"name": "copy"},
+                                 headers=admin)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["id"]
+    for _ in range(400):
+        job = (await control.get(f"{API}/jobs/{job_id}", headers=admin)).json()
+        if job["state"] in FINAL:
+            break
+        await asyncio.sleep(0.02)
+    assert job["state"] == "succeeded", job
+    await control.get(f"{API}/jobs/{job_id}", headers=admin)  # a second read adds nothing
+    names = [vm["name"] for vm in (await control.get(f"{API}/vms", headers=admin)).json()]
+    assert sorted(names) == ["copy", "src"]
+    clone = next(vm for vm in (await control.get(f"{API}/vms", headers=admin)).json()
+                 if vm["name"] == "copy")
+    assert clone["encrypted"] and clone["key_ids"]["home"] != source["key_ids"]["home"]
+    await _same_data(control, admin, clone["id"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.orm import Session
 
 from vmcrypt.control.api.deps import AuditedRoute, SessionDep, requires
 from vmcrypt.control.api.schemas import JobPublic
@@ -20,7 +21,7 @@ from vmcrypt.control.db.models import Job, JobState
 from vmcrypt.control.db.repo import list_jobs
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.privileges import CRYPTO_ACCESS, SYSTEM_READ
-from vmcrypt.control.services import crypto_ops
+from vmcrypt.control.services import crypto_ops, mobility
 from vmcrypt.control.services.keys import HostConnector
 
 __all__ = ["router"]
@@ -50,13 +51,24 @@ def list_all(session: SessionDep, state: JobState | None = None,
 
 @router.get("/{job_id}", dependencies=[requires(SYSTEM_READ)])
 def get(job_id: int, session: SessionDep, hosts: Hosts) -> JobPublic:
-    """One job, refreshed from its host: state, percent, bytes, rate, error."""
-    job = crypto_ops.poll(session, hosts, fetch(session, Job, job_id))
+    """One job, refreshed from its host: state, percent, bytes, rate, error.
+
+    A clone job that ended is settled here too (the clone recorded, or its KEK
+    withdrawn), so following a job at either URL leaves the inventory the same.
+    """
+    job = _refresh(session, hosts, fetch(session, Job, job_id))
     return JobPublic.model_validate(job)
 
 
 @router.post("/{job_id}/cancel", status_code=202, dependencies=[requires(CRYPTO_ACCESS)])
 def cancel(job_id: int, session: SessionDep, hosts: Hosts) -> JobPublic:
     """Ask the job to stop at a safe point; the data stays readable either way."""
-    job = crypto_ops.cancel(session, hosts, fetch(session, Job, job_id))
+    job = _refresh(session, hosts, crypto_ops.cancel(session, hosts, fetch(session, Job, job_id)))
     return JobPublic.model_validate(job)
+
+
+def _refresh(session: Session, hosts: HostConnector, job: Job) -> Job:
+    if job.type == mobility.CLONE_JOB and job.host_id is not None:
+        mobility.settle_clone(session, hosts, job)
+        return job
+    return crypto_ops.poll(session, hosts, job)
