@@ -93,3 +93,18 @@ def test_evidence_signs_the_exact_statement_bytes(tmp_path: Path) -> None:
     assert json.loads(statement) == {
         "version": 1, "host": "h1", "hardware_uuid": "u1", "nonce": "n",
         "measurements": {"vmcrypt": "0" * 64, "config": "1" * 64}}
+
+
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils")
+def test_coreutils_reproduce_the_measurement(tmp_path: Path) -> None:
+    """The one-liner in docs/trust.md gives the same digest (operators can check)."""
+    import subprocess
+
+    pkg = _tree(tmp_path)
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "x.pyc").write_bytes(b"\x00")
+    pipeline = ("find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -printf '%P\\n' "
+                "| LC_ALL=C sort | xargs sha256sum | sha256sum")
+    result = subprocess.run(["sh", "-c", pipeline], cwd=pkg, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split()[0] == measure_tree(pkg)
