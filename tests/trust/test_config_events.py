@@ -92,3 +92,16 @@ def test_events_append_filter_and_skip_torn_lines(tmp_path: Path) -> None:
         log.record("attestation.passed", kek="x")
     with pytest.raises(ValueError, match="type"):
         log.record("nope")
+
+
+def test_last_attestation_per_host_survives_a_restart(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl")
+    log.record("attestation.passed", host="h1", baseline="b")
+    log.record("attestation.failed", host="h2", reason="bad signature")
+    assert log.last_attestations()["h1"]["type"] == "attestation.passed"
+    log.record("attestation.failed", host="h1", reason="nonce reused")
+    log.record("baseline.added", baseline="b", by="admin")
+    assert log.last_attestations()["h1"]["reason"] == "nonce reused"
+    reopened = EventLog(tmp_path / "events.jsonl").last_attestations()
+    assert {h: e["type"] for h, e in reopened.items()} == {
+        "h1": "attestation.failed", "h2": "attestation.failed"}

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from vmcrypt.exceptions import EXIT_CODES
 from vmcrypt.kmip.client import KmipClient
 from vmcrypt.pki.layout import cert_files, issue_client
 from vmcrypt.pki.tls import client_context
@@ -178,6 +179,14 @@ def test_attest_create_unwrap_and_every_refusal(tmp_path: Path) -> None:
         assert baseline["measurements"] == measure_host(config=a.config.read_bytes(),
                                                         package=a.package)
         assert (trust_dir / "trust.json").stat().st_mode & 0o777 == 0o600
+        assert [b["name"] for b in _cli("baseline", "ls", *admin_args)] == ["release-1"]
+        assert _cli("provider", "ls", *admin_args)[0]["key_id"] == key_id
+        again = subprocess.run(
+            _vmcrypt("trust", "baseline", "add", "release-1", "--vmcrypt", "0" * 64,
+                     "--config-hash", "0" * 64, *admin_args),
+            env=_env(), capture_output=True, text=True, timeout=60, check=False)
+        assert again.returncode == EXIT_CODES["TrustConflict"], again.stderr
+        assert "already exists" in again.stderr and "Traceback" not in again.stderr
         assert [p["name"] for p in a.client.request("GET", "/key-providers")] == ["tp1"]
 
         # -- attest, create a KEK, unwrap it again -----------------------------------------

@@ -210,24 +210,25 @@ def remove_baseline(name: str, service: ServiceDep, admin: AdminDep) -> Response
     return Response(status_code=204)
 
 
-def _host_out(service: TrustService, host: Any) -> HostOut:
+def _host_out(host: Any, last: dict[str, dict[str, Any]]) -> HostOut:
     return HostOut(name=host.name, hardware_uuid=host.hardware_uuid,
                    public_key_pem=host.public_key_pem, registered_at=host.registered_at,
-                   last_attestation=service.last_attestation(host.name))
+                   last_attestation=last.get(host.name))
 
 
 @router.get("/hosts", tags=["admin"])
 def list_hosts(service: ServiceDep, admin: AdminDep) -> list[HostOut]:
     """Registered hosts and their latest attestation result."""
     hosts = sorted(service.config.config.hosts.values(), key=lambda h: h.name)
-    return [_host_out(service, h) for h in hosts]
+    last = service.last_attestations()
+    return [_host_out(h, last) for h in hosts]
 
 
 @router.post("/hosts", tags=["admin"], status_code=201)
 def add_host(body: HostIn, service: ServiceDep, admin: AdminDep) -> HostOut:
     """Register a host identity (name, hardware UUID, P-256 public key)."""
     host = service.add_host(body.name, body.hardware_uuid, body.public_key_pem, by=admin)
-    return _host_out(service, host)
+    return _host_out(host, service.last_attestations())
 
 
 @router.delete("/hosts/{name}", tags=["admin"], status_code=204)

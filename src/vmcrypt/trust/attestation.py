@@ -145,9 +145,11 @@ def _statement(evidence: Any) -> tuple[bytes, bytes, dict[str, Any]]:
         raise EvidenceMalformed("evidence: the statement is not JSON") from None
     if not isinstance(statement, dict) or statement.get("version") != STATEMENT_VERSION:
         raise EvidenceMalformed(f"evidence: not a version {STATEMENT_VERSION} statement")
-    for name in ("host", "hardware_uuid", "nonce"):
+    for name, longest in (("host", 64), ("hardware_uuid", 128), ("nonce", 128)):
         if not isinstance(statement.get(name), str) or not statement[name]:
             raise EvidenceMalformed(f"evidence: the statement has no {name!r}")
+        if len(statement[name]) > longest:
+            raise EvidenceMalformed(f"evidence: {name!r} is longer than {longest} characters")
     measurements = statement.get("measurements")
     if (not isinstance(measurements, dict)
             or not all(isinstance(measurements.get(m), str) for m in MEASUREMENTS)):

@@ -41,6 +41,9 @@ class EventLog:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        #: The latest ``attestation.*`` event per host: one scan of the file on first
+        #: use, then kept up to date by :meth:`record` (a cache, not state).
+        self._last_attestation: dict[str, dict[str, Any]] | None = None
 
     def record(self, type_: str, **fields: str | None) -> dict[str, Any]:
         """Append one event and return it."""
@@ -61,11 +64,34 @@ class EventLog:
                 os.write(fd, line)
             finally:
                 os.close(fd)
+            if self._last_attestation is not None and _is_attestation(event):
+                self._last_attestation[event["host"]] = event
         return event
+
+    def last_attestations(self) -> dict[str, dict[str, Any]]:
+        """The latest attestation event of every host that has one (its status)."""
+        with self._lock:
+            if self._last_attestation is None:
+                latest: dict[str, dict[str, Any]] = {}
+                for event in self._scan():
+                    if _is_attestation(event):
+                        latest[event["host"]] = event
+                self._last_attestation = latest
+            return dict(self._last_attestation)
 
     def read(self, *, limit: int = 100, type_prefix: str | None = None,
              host: str | None = None) -> list[dict[str, Any]]:
         """The last ``limit`` events (oldest first), optionally filtered."""
+        events: list[dict[str, Any]] = []
+        for event in self._scan():
+            if type_prefix and not str(event.get("type", "")).startswith(type_prefix):
+                continue
+            if host and event.get("host") != host:
+                continue
+            events.append(event)
+        return events[-limit:] if limit > 0 else []
+
+    def _scan(self) -> list[dict[str, Any]]:
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -76,11 +102,11 @@ class EventLog:
                 event = json.loads(raw)
             except ValueError:
                 continue  # a line torn by a crash
-            if not isinstance(event, dict):
-                continue
-            if type_prefix and not str(event.get("type", "")).startswith(type_prefix):
-                continue
-            if host and event.get("host") != host:
-                continue
-            events.append(event)
-        return events[-limit:] if limit > 0 else []
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def _is_attestation(event: dict[str, Any]) -> bool:
+    return (str(event.get("type", "")).startswith("attestation.")
+            and isinstance(event.get("host"), str))

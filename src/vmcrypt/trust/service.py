@@ -195,7 +195,6 @@ class TrustService:
         self.events.record("key_provider.added", provider=name, key_id=key_id, by=by)
         return provider
 
-    def last_attestation(self, host: str) -> dict[str, Any] | None:
-        """The host's latest attestation event (its status: passed or failed, why)."""
-        found = self.events.read(limit=1, type_prefix="attestation.", host=host)
-        return found[-1] if found else None
+    def last_attestations(self) -> dict[str, dict[str, Any]]:
+        """Each host's latest attestation event (its status: passed or failed, why)."""
+        return self.events.last_attestations()
