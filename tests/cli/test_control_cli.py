@@ -355,6 +355,10 @@ def test_vm_crypto_jobs(control: Control) -> None:
     assert info["encrypted"] is False
     jobs = control.ok("vm", "jobs", "jobs1", "--json").json
     assert len(jobs) >= 3 and all(job["state"] == "succeeded" for job in jobs)
+    # Cancelling a job that already ended is refused in one line, and changes nothing.
+    control.fails("vm", "cancel", str(jobs[0]["id"]), code="Conflict",
+                  phrase="already succeeded")
+    control.fails("vm", "cancel", "999999", code="NotFound", phrase="999999")
     control.ok("vm", "rm", "jobs1")
 
 

@@ -362,6 +362,26 @@ def wait(job_id: Annotated[int, typer.Argument(help="The job's ID.")],
         out.print(f"job {job_id} succeeded", highlight=False, markup=False)
 
 
+@vm_app.command("cancel")
+def cancel(job_id: Annotated[int, typer.Argument(help="The job's ID (see vm jobs).")],
+           url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+           ca: CaOpt = None, as_json: JsonOpt = False) -> None:
+    """Ask a running job to stop at a safe point; the VM's data stays readable either way.
+
+    The host stops between chunks and leaves the disk consistent (a cancelled encrypt
+    or decrypt can be started again; a cancelled clone leaves nothing behind).
+
+    Example: vmcrypt vm cancel 12
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        job = api.post(f"/jobs/{job_id}/cancel")
+    if as_json:
+        print_json(job)
+    else:
+        out.print(f"job {job_id}: cancel requested (state {job['state']})", highlight=False,
+                  markup=False)
+
+
 @disk_app.command("read")
 def disk_read(
     name: NameArg, index: IndexArg,
