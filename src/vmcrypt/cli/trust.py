@@ -289,20 +289,31 @@ def events(
     answer = _call(url, pki, identity_name, "GET", "/events", params=params)
 
     def line(e: dict[str, Any]) -> str:
-        from datetime import UTC, datetime
-
-        when = datetime.fromtimestamp(float(e["time"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        when = _when(e["time"])
         rest = "  ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in ("time", "type"))
         return f"{when}  {e['type']}  {rest}"
     _table(answer, json_output, line)
 
 
+def _when(value: Any) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _show(answer: Any, json_output: bool, title: str) -> None:
     if json_output:
         print_json(answer)
-    else:
-        print_record(title, {k: (json.dumps(v) if isinstance(v, dict | list) else v)
-                             for k, v in answer.items()})
+        return
+    rows: dict[str, Any] = {}
+    for key, value in answer.items():
+        if isinstance(value, dict):
+            rows.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, list):
+            rows[key] = ", ".join(map(str, value))
+        else:
+            rows[key] = _when(value) if key.endswith("_at") and value is not None else value
+    print_record(title, rows)
 
 
 def _table(rows: list[dict[str, Any]], json_output: bool, line: Any) -> None:
