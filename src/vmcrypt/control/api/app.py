@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from vmcrypt.control.api.errors import install_error_handlers
 from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, vms
 from vmcrypt.control.db.engine import Database
+from vmcrypt.control.health import HealthBoard
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
 from vmcrypt.exceptions import UsageError
@@ -25,14 +26,16 @@ API_PREFIX: Final = "/api/v1"
 
 
 def create_app(
-    database: Database, *, master_key: bytes, hosts: HostConnector | None = None
+    database: Database, *, master_key: bytes, hosts: HostConnector | None = None,
+    health: HealthBoard | None = None,
 ) -> FastAPI:
     """The API app over ``database``; ``master_key`` seals native primary keys.
 
     ``master_key`` is the control plane's 32-byte master key. It is a parameter for
     now; the settings of ``vmcrypt control serve`` will load it from its key file.
     ``hosts`` reaches host agents; without it the VM routes (which need hosts) are
-    not mounted.
+    not mounted. ``health`` is the board the monitors write (a fresh one if None), read
+    by the health routes, the web UI and ``/metrics``.
     """
     if len(master_key) != AEAD_KEY_SIZE:
         raise UsageError(f"the control plane master key is {AEAD_KEY_SIZE} bytes")
@@ -45,6 +48,7 @@ def create_app(
     )
     app.state.database = database
     app.state.master_key = bytes(master_key)
+    app.state.health = health if health is not None else HealthBoard()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)

@@ -50,6 +50,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     role_id: Mapped[int] = mapped_column(ForeignKey("roles.id"), index=True)
     disabled: Mapped[bool] = mapped_column(default=False)
+    #: A salted scrypt hash for web logins (revision 0005); None: API tokens only.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=now)
 
     role: Mapped[Role] = relationship()

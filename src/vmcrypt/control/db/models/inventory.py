@@ -33,6 +33,9 @@ class Cluster(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
+    #: The cluster's own default key provider (revision 0005), ahead of the global one.
+    default_key_provider_id: Mapped[int | None] = mapped_column(
+        ForeignKey("key_providers.id", ondelete="SET NULL"))
 
     hosts: Mapped[list[Host]] = relationship(back_populates="cluster")
 
