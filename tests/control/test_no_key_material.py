@@ -29,6 +29,8 @@ _KEY_NAMED = {
     "kms_servers.client_key_path": "a file path",
     "storage_policies.key_provider_id": "a foreign key",
     "api_tokens.token_hash": "SHA-256 of a token",
+    "clusters.default_key_provider_id": "a foreign key",
+    "users.password_hash": "a salted scrypt hash of a password",
 }
 _SUSPECT_WORDS = ("key", "secret", "token", "password", "kek", "dek", "pem")
 
