@@ -8,7 +8,10 @@ connection failures become :class:`HostUnreachable`::
     VmcryptError
     ├── providers.AddKeysToHostFailed  — "adding keys to the host failed due to host
     │   │                                connection or host support issues"
-    │   └── HostUnreachable            — the host did not answer (connection, TLS, timeout)
+    │   ├── HostUnreachable            — the host did not answer (connection, TLS, timeout)
+    │   │   └── HostCertificateMismatch — it answered with a certificate other than the
+    │   │                                one issued at its enrolment (pinning.py)
+    │   └── HostNotEnrolled            — no enrolment certificate to pin: no connection
     └── control.ControlError
         ├── NotFound
         │   └── HostNotFound           — vm_not_found, no_such_disk, job_not_found
@@ -18,6 +21,10 @@ connection failures become :class:`HostUnreachable`::
 
 The client is synchronous (services run in the API's worker threads). Tests pass any
 ``httpx.Client`` — e.g. Starlette's ``TestClient(host_app)`` — instead of a TLS one.
+
+:meth:`HostClient.health` has its own short timeout (:data:`HEALTH_TIMEOUT`): monitors
+probe every host each few seconds, and a hung host must cost them seconds, not the
+30 s a data call (a disk range, a bundle) may legitimately take.
 """
 
 from __future__ import annotations
@@ -34,8 +41,11 @@ from vmcrypt.control.exceptions import Conflict, NotFound
 from vmcrypt.providers.exceptions import AddKeysToHostFailed
 
 __all__ = [
+    "HEALTH_TIMEOUT",
+    "HostCertificateMismatch",
     "HostClient",
     "HostKeyMissing",
+    "HostNotEnrolled",
     "HostNotFound",
     "HostRefused",
     "HostUnreachable",
@@ -43,10 +53,28 @@ __all__ = [
 
 _PREFIX: Final = "/api/v1"
 _TIMEOUT: Final = 30.0
+#: Seconds a health probe may take (connect, TLS, answer) before the host counts as down.
+HEALTH_TIMEOUT: Final = 3.0
 
 
 class HostUnreachable(AddKeysToHostFailed):
     """The host agent could not be reached (connection, TLS handshake or timeout)."""
+
+
+class HostCertificateMismatch(HostUnreachable):
+    """The host presented a certificate other than the one issued at its enrolment.
+
+    Raised inside the TLS handshake by :func:`vmcrypt.control.pinning.pinned_context`,
+    before any request (which may carry a KEK) is written.
+    """
+
+    event: ClassVar[str] = "host.certificate.mismatch"
+
+
+class HostNotEnrolled(AddKeysToHostFailed):
+    """The host has no certificate recorded from enrolment: nothing to pin, no keys."""
+
+    event: ClassVar[str] = "host.not.enrolled"
 
 
 class HostNotFound(NotFound):
@@ -70,9 +98,11 @@ class HostKeyMissing(HostRefused):
 class HostClient:
     """Calls to one host agent; every method maps to one route of docs/host.md."""
 
-    def __init__(self, name: str, http: httpx.Client) -> None:
+    def __init__(self, name: str, http: httpx.Client, *,
+                 health_timeout: float = HEALTH_TIMEOUT) -> None:
         self.name = name
         self._http = http
+        self.health_timeout = health_timeout
 
     @classmethod
     def over_tls(cls, name: str, base_url: str, context: ssl.SSLContext) -> HostClient:
@@ -118,8 +148,9 @@ class HostClient:
     # --- VMs --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Name, hardware UUID and counts; a cheap liveness probe."""
-        result: dict[str, Any] = self._call("GET", "/health").json()
+        """Name, hardware UUID and counts; a cheap liveness probe (short timeout)."""
+        result: dict[str, Any] = self._call("GET", "/health",
+                                            timeout=self.health_timeout).json()
         return result
 
     def create_vm(self, vm_id: str, name: str, disk_sizes: list[int], *,
@@ -232,9 +263,16 @@ class HostClient:
 
     # --- plumbing ---------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, *, timeout: float | None = None,
+              **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, _PREFIX + path, **kwargs)
+            if timeout is None:
+                response = self._http.request(method, _PREFIX + path, **kwargs)
+            else:  # built then sent: the per-request timeout reaches the transport as is
+                response = self._http.send(self._http.build_request(
+                    method, _PREFIX + path, timeout=timeout, **kwargs))
+        except (HostCertificateMismatch, HostNotEnrolled):
+            raise  # already typed, with its own message and event: keep them
         except httpx.TransportError as exc:
             raise HostUnreachable(
                 f"host {self.name!r} could not be reached ({type(exc).__name__}): "

@@ -22,26 +22,14 @@ import hashlib
 import hmac
 import ssl
 from pathlib import Path
-from typing import ClassVar
 
-from vmcrypt.control.hostclient import HostUnreachable
+# The errors live with the client whose error tree they belong to (callers catch the
+# client's types); re-exported here, where they are raised.
+from vmcrypt.control.hostclient import HostCertificateMismatch, HostNotEnrolled
 from vmcrypt.pki import client_context
-from vmcrypt.providers.exceptions import AddKeysToHostFailed
 
 __all__ = ["HostCertificateMismatch", "HostNotEnrolled", "certificate_fingerprint",
            "pinned_context"]
-
-
-class HostCertificateMismatch(HostUnreachable):
-    """The host presented a certificate other than the one issued at its enrolment."""
-
-    event: ClassVar[str] = "host.certificate.mismatch"
-
-
-class HostNotEnrolled(AddKeysToHostFailed):
-    """The host has no certificate recorded from enrolment: nothing to pin, no keys."""
-
-    event: ClassVar[str] = "host.not.enrolled"
 
 
 def certificate_fingerprint(der: bytes) -> str:
