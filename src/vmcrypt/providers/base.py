@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import ClassVar, Literal
 
 __all__ = [
@@ -75,6 +76,9 @@ class ServerHealth:
     latency_ms: float | None = None
     version: str | None = None
     error: str | None = None
+    #: The notAfter of the certificate the server presented in this probe's handshake
+    #: (UTC), so an operator sees an expiry coming before failover has nowhere to go.
+    certificate_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,12 @@ reason. Messages name key IDs and servers, never key bytes.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -320,7 +322,27 @@ class StandardKeyProvider(KeyProvider):
         if info.vendor:
             version += f" ({info.vendor})"
         return ServerHealth(address=address, reachable=True, tls_ok=True,
-                            latency_ms=round(latency, 2), version=version)
+                            latency_ms=round(latency, 2), version=version,
+                            certificate_expires_at=_peer_not_after(server.client))
+
+
+def _peer_not_after(client: KmipClient) -> datetime | None:
+    """The notAfter of the certificate the server presented on the open connection.
+
+    Read from the socket of the handshake just made (the client verified the chain, so
+    ``getpeercert()`` is decoded); ``None`` when the connection is gone again. The KMIP
+    client has no public accessor for its peer certificate yet, hence the private read.
+    """
+    sock = getattr(getattr(client, "_connection", None), "_sock", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        not_after = sock.getpeercert().get("notAfter")  # type: ignore[union-attr]
+    except (OSError, ValueError):
+        return None
+    if not isinstance(not_after, str):
+        return None
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
 
 
 def _owner_attributes(owner: KeyOwner) -> dict[str, object]:
