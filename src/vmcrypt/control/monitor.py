@@ -18,6 +18,11 @@ reconnect is idempotent (it pushes what the host should hold), so doing one too 
 is cheap while missing one leaves VMs unusable. Boot IDs are kept in memory only; with
 several control plane replicas each reconnects once, which is harmless.
 
+Every probe is also written to the health board (:class:`~vmcrypt.control.health.
+HealthBoard`, ``app.state.health``) — connected or not, the counts the host reported
+(KEKs, native providers, VMs, running jobs) and the probe's latency — so the API, the
+web UI and ``/metrics`` read host health without calling a host.
+
 Hosts are probed in parallel and outside any transaction (a hung host must not hold
 the database's write lock); a host whose state changes is then handled in its own
 transaction, so one host's failure changes nothing for the others. An unexpected error
@@ -29,10 +34,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -40,6 +46,7 @@ from sqlalchemy.orm import Session
 from vmcrypt.control.db.engine import Database
 from vmcrypt.control.db.models import ConnectionState, Host, Severity
 from vmcrypt.control.db.repo import append_event
+from vmcrypt.control.health import HealthBoard, HostHealth
 from vmcrypt.control.pinning import HostCertificateMismatch, HostNotEnrolled
 from vmcrypt.control.services.keys import HostConnector, reconnect_host
 from vmcrypt.exceptions import VmcryptError
@@ -91,17 +98,36 @@ class HostCheck:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A host's ``/health`` answer and how long it took."""
+
+    body: dict[str, Any]
+    latency_ms: float
+
+    @property
+    def boot_id(self) -> str:
+        return str(self.body.get("boot_id") or "")
+
+
+def _count(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class HostMonitor:
     """Polls hosts' health and reconnects the ones that (re)appear.
 
     :meth:`check_once` is one synchronous pass (what tests call); :meth:`start` runs it
     every ``interval`` seconds in a daemon thread until :meth:`stop`. ``on_check`` is
-    called with each pass's results (tests and logs use it).
+    called with each pass's results (tests and logs use it). Each probe is written to
+    ``health`` (the app's board in ``control serve``; a private one when not given).
     """
 
     def __init__(self, database: Database, hosts: HostConnector, *, sealing_key: bytes,
                  interval: float = DEFAULT_INTERVAL,
-                 on_check: Callable[[list[HostCheck]], None] | None = None) -> None:
+                 on_check: Callable[[list[HostCheck]], None] | None = None,
+                 health: HealthBoard | None = None) -> None:
         if interval <= 0:
             raise ValueError("the host check interval must be positive")
         self._database = database
@@ -109,6 +135,7 @@ class HostMonitor:
         self._sealing_key = sealing_key
         self.interval = interval
         self._on_check = on_check
+        self.health = health if health is not None else HealthBoard()
         self._boot_ids: dict[int, str] = {}
         self._last_error: dict[int, str] = {}
         self._stop = threading.Event()
@@ -131,33 +158,52 @@ class HostMonitor:
                     select(Host).where(Host.api_url.is_not(None)).order_by(Host.id))]
             for gone in set(self._boot_ids) - {t.id for t in targets}:
                 del self._boot_ids[gone]
+            names = {t.name for t in targets}
+            for seen in self.health.hosts():
+                if seen.name not in names:  # deleted, or its URL removed
+                    self.health.forget_host(seen.name)
             if not targets:
                 results: list[HostCheck] = []
             else:
                 with ThreadPoolExecutor(max_workers=min(len(targets), _MAX_PROBES),
                                         thread_name_prefix="vmcrypt-host-probe") as pool:
                     probes = list(pool.map(self._probe, targets))
+                for target, probe in zip(targets, probes, strict=True):
+                    self._post(target, probe)
                 results = [self._settle(target, probe)
                            for target, probe in zip(targets, probes, strict=True)]
         if self._on_check is not None:
             self._on_check(results)
         return results
 
-    def _probe(self, target: _Target) -> str | VmcryptError:
-        """The host's boot ID, or why it did not answer (no database access here)."""
+    def _probe(self, target: _Target) -> _Answer | VmcryptError:
+        """The host's health answer, or why it did not answer (no database access here)."""
+        started = time.perf_counter()
         try:
-            health = self._hosts.client(target.detached()).health()
+            body = self._hosts.client(target.detached()).health()
         except VmcryptError as exc:
             return exc
-        return str(health.get("boot_id") or "")
+        return _Answer(body, round((time.perf_counter() - started) * 1000, 2))
 
-    def _settle(self, target: _Target, probe: str | VmcryptError) -> HostCheck:
+    def _post(self, target: _Target, probe: _Answer | VmcryptError) -> None:
+        """Write one probe to the health board (counts only, never key IDs)."""
+        if isinstance(probe, VmcryptError):
+            self.health.set_host(HostHealth(name=target.name, connected=False,
+                                            error=type(probe).__name__))
+            return
+        body = probe.body
+        self.health.set_host(HostHealth(
+            name=target.name, connected=True, keks=_count(body, "keks"),
+            native_providers=_count(body, "native_providers"), vms=_count(body, "vms"),
+            jobs_running=_count(body, "jobs_running"), latency_ms=probe.latency_ms))
+
+    def _settle(self, target: _Target, probe: _Answer | VmcryptError) -> HostCheck:
         """Act on one probe in the host's own transaction, when anything must change."""
-        if isinstance(probe, str):
+        if isinstance(probe, _Answer):
             self._last_error.pop(target.id, None)
             known = self._boot_ids.get(target.id)
             if (target.state is ConnectionState.CONNECTED and known is not None
-                    and known == probe):
+                    and known == probe.boot_id):
                 return HostCheck(target.id, target.name, responding=True)
         elif (target.state is ConnectionState.NOT_RESPONDING
               and self._last_error.get(target.id) == type(probe).__name__):
@@ -173,7 +219,7 @@ class HostMonitor:
                     self._not_responding(session, host, probe)
                     return HostCheck(target.id, target.name, responding=False,
                                      error=type(probe).__name__)
-                return self._reconnect(session, host, probe)
+                return self._reconnect(session, host, probe.boot_id)
         except Exception as exc:  # one host must not stop the others
             logger.warning("host %s: check failed (%s); retrying at the next poll",
                            target.name, type(exc).__name__)

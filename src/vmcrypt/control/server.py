@@ -10,7 +10,9 @@ certificate when one is offered (CERT_OPTIONAL); hosts are called with the contr
 plane's own client certificate (mutual TLS), see :attr:`ControlSettings.client`, and
 each host must present the certificate issued at its enrolment (:class:`TlsHostConnector`).
 While serving, a :class:`~vmcrypt.control.monitor.HostMonitor` polls every host and
-reconnects (re-pushes keys to) any that comes back or restarted.
+reconnects (re-pushes keys to) any that comes back or restarted, and a
+:class:`~vmcrypt.control.provider_monitor.ProviderMonitor` probes every key provider;
+both write to the app's health board (``app.state.health``), which the API reads.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from vmcrypt.control.api.bootstrap import bootstrap_administrator
 from vmcrypt.control.db.engine import Database, open_database
 from vmcrypt.control.db.models import Host
 from vmcrypt.control.enrolment import ca_fingerprint
+from vmcrypt.control.health import HealthBoard
 from vmcrypt.control.hostclient import HostClient
 from vmcrypt.control.monitor import HostMonitor
 from vmcrypt.control.pinning import HostNotEnrolled, pinned_context
+from vmcrypt.control.provider_monitor import ProviderMonitor
 from vmcrypt.control.settings import CLIENT_IDENTITY, ControlSettings
 from vmcrypt.exceptions import UsageError
 from vmcrypt.kms.master_key import load_master_key
@@ -158,9 +162,14 @@ class TlsHostConnector:
 
 
 def build_app(settings: ControlSettings, prepared: Prepared,
-              hosts: TlsHostConnector | None = None) -> FastAPI:
-    """The API app, with what enrolment and the host client need on ``app.state``."""
-    app = create_app(prepared.database, master_key=prepared.master_key, hosts=hosts)
+              hosts: TlsHostConnector | None = None, *,
+              health: HealthBoard | None = None) -> FastAPI:
+    """The API app, with what enrolment and the host client need on ``app.state``.
+
+    ``health`` is the board the monitors write; the app reads it (``app.state.health``).
+    """
+    app = create_app(prepared.database, master_key=prepared.master_key, hosts=hosts,
+                     health=health)
     app.state.enrolment_ca = prepared.ca
     app.state.settings = settings  # client certificate and CA for calling hosts
     return app
@@ -192,11 +201,17 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     server_context(cert_file=settings.server.cert, key_file=settings.server.key,
                    ca_file=settings.ca_file, require_client_cert=False)
     hosts = TlsHostConnector(settings)
-    monitor = (HostMonitor(prepared.database, hosts, sealing_key=prepared.master_key,
-                           interval=settings.host_check_interval)
-               if settings.host_check_interval > 0 else None)
+    board = HealthBoard()  # one board: both monitors write it, the API reads it
+    monitors: list[HostMonitor | ProviderMonitor] = []
+    if settings.host_check_interval > 0:
+        monitors.append(HostMonitor(prepared.database, hosts, sealing_key=prepared.master_key,
+                                    interval=settings.host_check_interval, health=board))
+    if settings.provider_check_interval > 0:
+        monitors.append(ProviderMonitor(prepared.database, sealing_key=prepared.master_key,
+                                        health=board,
+                                        interval=settings.provider_check_interval))
     config = uvicorn.Config(
-        build_app(settings, prepared, hosts),
+        build_app(settings, prepared, hosts, health=board),
         log_config=None,
         log_level=log_level.lower(),
         ssl_certfile=str(settings.server.cert),
@@ -219,12 +234,12 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     signal.signal(signal.SIGINT, _stop)
     host, port = sock.getsockname()[:2]
     on_listening(host, port, prepared)
-    if monitor is not None:
+    for monitor in monitors:
         monitor.start()
     try:
         server.run(sockets=[sock])
     finally:
-        if monitor is not None:
+        for monitor in monitors:
             monitor.stop()
         sock.close()
         hosts.close()

@@ -26,12 +26,16 @@ from sqlalchemy.exc import ArgumentError
 from vmcrypt.exceptions import UsageError
 from vmcrypt.pki import CertFiles, cert_files
 
-__all__ = ["CLIENT_IDENTITY", "DEFAULT_HOST_CHECK_INTERVAL", "ControlSettings"]
+__all__ = ["CLIENT_IDENTITY", "DEFAULT_HOST_CHECK_INTERVAL", "DEFAULT_PROVIDER_CHECK_INTERVAL",
+           "ControlSettings"]
 
 #: The CN of the certificate the control plane presents to hosts (mutual TLS).
 CLIENT_IDENTITY: Final = "control"
 #: Seconds between host health polls: a restarted host gets its keys back within this.
 DEFAULT_HOST_CHECK_INTERVAL: Final = 5.0
+#: Seconds between key provider probes: each is a TLS handshake and two KMIP requests
+#: per KMS server, so less often than hosts; a server outage shows within this.
+DEFAULT_PROVIDER_CHECK_INTERVAL: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,14 @@ class ControlSettings:
     port: int = 8440
     #: Seconds between two health polls of every host; 0 turns the monitor off.
     host_check_interval: float = DEFAULT_HOST_CHECK_INTERVAL
+    #: Seconds between two health probes of every key provider; 0 turns the monitor off.
+    provider_check_interval: float = DEFAULT_PROVIDER_CHECK_INTERVAL
 
     def __post_init__(self) -> None:
         if not 0 <= self.host_check_interval <= 3600:
             raise UsageError("--host-check-interval is between 0 (off) and 3600 seconds")
+        if not 0 <= self.provider_check_interval <= 3600:
+            raise UsageError("--provider-check-interval is between 0 (off) and 3600 seconds")
         if self.db is not None and "://" in self.db:
             try:
                 url = make_url(self.db)
