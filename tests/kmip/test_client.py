@@ -335,3 +335,24 @@ def test_attributes_from_sequence(client: KmipClient) -> None:
     uid = client.create_symmetric_key(attributes=given)
     assert sorted(a.name for a in client.get_attributes(uid, ["x-Vendor", "x-Product"])) == [
         "x-Product", "x-Vendor"]
+
+
+def test_cached_request_encodings_match_the_built_ones() -> None:
+    """The Create and Get fast paths send exactly the bytes the item builders encode."""
+    from vmcrypt.kmip import client as client_module
+    from vmcrypt.kmip.items import structure as build
+    from vmcrypt.kmip.messages import ProtocolVersion as Version
+    from vmcrypt.kmip.messages import RequestBatchItem as Batch
+    from vmcrypt.kmip.messages import build_request as request
+    from vmcrypt.kmip.tags import Operation as Op
+    from vmcrypt.kmip.tags import Tag as T
+    from vmcrypt.kmip.ttlv import encode as enc
+
+    for version in (Version(1, 0), Version(1, 2), Version(1, 4)):
+        for uid in ("1", "01a2105f-0e7c-7e43-8a0f-8f1d2f5c3e11", "x" * 100, "ключ-7", "y" * 300):
+            assert client_module._get_request(version, uid) == client_module._encoded_get(
+                version, uid)
+        built = enc(request(version, [Batch(Op.CREATE, build(
+            T.REQUEST_PAYLOAD, client_module._SYMMETRIC_KEY,
+            client_module._plain_aes_template(128, 4)))]))
+        assert client_module._plain_create_request(version, 128, 4) == built

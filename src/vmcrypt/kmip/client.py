@@ -183,9 +183,14 @@ class KmipClient:
                                        error_continuation=error_continuation))
         what = operation_name(items[0].operation) + (
             f" (batch of {len(items)})" if len(items) > 1 else "")
+        return self._send_encoded(request, len(items), what, max_response_size)
+
+    def _send_encoded(self, request: bytes, count: int, what: str,
+                      max_response_size: int = MAX_RESPONSE_SIZE) -> list[ResponseBatchItem]:
+        """Send an encoded request message of ``count`` items; its parsed results."""
         data = self._exchange(request, max_response_size=max_response_size, what=what)
         try:
-            message = decode(data, max_items=max(10_000, 64 * len(items)))
+            message = decode(data, max_items=max(10_000, 64 * count))
             return list(parse_response(message).items)
         except KmipError as exc:
             raise MessageError(
@@ -244,6 +249,11 @@ class KmipClient:
         "when the key server creates a key", as vCenter does for ``x-Vendor`` & co.
         """
         extra = [*named(name), *attribute_list(attributes)]
+        if not extra:
+            # The common case is the same message every time: encoded once.
+            request = _plain_create_request(self.version, length, int(usage_mask))
+            results = self._send_encoded(request, 1, "Create")
+            return unique_identifier(_payload(results[0], Operation.CREATE, None))
         payload = self._call(Operation.CREATE, _SYMMETRIC_KEY,
                              _aes_template(length, int(usage_mask), tuple(extra)))
         return unique_identifier(payload)
@@ -259,7 +269,8 @@ class KmipClient:
 
     def get_key(self, uid: str) -> bytes:
         """Get (4.11) a symmetric key's raw bytes."""
-        return key_bytes(self._call(Operation.GET, *get_fields(uid), uid=uid), uid)
+        results = self._send_encoded(_get_request(self.version, uid), 1, "Get")
+        return key_bytes(_payload(results[0], Operation.GET, uid), uid)
 
     def get_keys(self, uids: Sequence[str], *, batch_size: int = 500) -> list[bytes]:
         """Get many keys in few messages, in the order of ``uids``.
@@ -447,6 +458,41 @@ def _aes_template(length: int, usage_mask: int, extra: tuple[Attribute, ...]) ->
 @functools.lru_cache(maxsize=16)
 def _plain_aes_template(length: int, usage_mask: int) -> Item:
     return template(_plain_aes_attributes(length, usage_mask))
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_create_request(version: ProtocolVersion, length: int, usage_mask: int) -> bytes:
+    """The encoded Create message of a plain AES key (no name, no extra attributes)."""
+    payload = structure(Tag.REQUEST_PAYLOAD, _SYMMETRIC_KEY,
+                        _plain_aes_template(length, usage_mask))
+    return encode(build_request(version, [RequestBatchItem(Operation.CREATE, payload)]))
+
+
+def _encoded_get(version: ProtocolVersion, uid: str) -> bytes:
+    payload = structure(Tag.REQUEST_PAYLOAD, *get_fields(uid))
+    return encode(build_request(version, [RequestBatchItem(Operation.GET, payload)]))
+
+
+@functools.lru_cache(maxsize=64)
+def _get_template(version: ProtocolVersion, size: int) -> tuple[bytes, int]:
+    """A Get message for a Unique Identifier of ``size`` bytes, and where those bytes go.
+
+    Only the identifier's bytes change from one Get to the next (lengths and padding
+    depend on its size alone), so a Get is one slice-and-join instead of building and
+    encoding a dozen items; the place is found by encoding two different identifiers.
+    """
+    first, second = _encoded_get(version, "a" * size), _encoded_get(version, "b" * size)
+    start = next(i for i, (x, y) in enumerate(zip(first, second, strict=True)) if x != y)
+    return first, start
+
+
+def _get_request(version: ProtocolVersion, uid: str) -> bytes:
+    """The encoded Get message of ``uid`` (see :func:`_get_template`)."""
+    raw = uid.encode("utf-8")
+    if not raw or len(raw) > 256:
+        return _encoded_get(version, uid)  # checked (and refused) the slow way
+    template, start = _get_template(version, len(raw))
+    return template[:start] + raw + template[start + len(raw):]
 
 
 def _plain_aes_attributes(length: int, usage_mask: int) -> list[Attribute]:
