@@ -30,6 +30,9 @@ an app with an in-process host connector, so every route is mounted):
 ``enc_vm``          a VM encrypted with ``enc_provider`` (home and one disk) on ``host``
 ``spare_vm``        an unencrypted VM of its own **per caller**: for routes that destroy
                     or move the VM, so each allowed caller finds one
+``unreg_vm``        a VM encrypted with ``enc_provider``, unregistered (files on ``datastore``)
+``found_uuid``      the instance UUID of a clear VM on ``datastore`` the control plane
+                    does not know (made by the host library directly)
 ``job_vm``          a VM whose home is being encrypted by ``job``
 ``job``             a control-plane job (encrypt ``job_vm`` home), never polled yet
 ``disk``            ``0``: the disk index of ``vm`` and ``enc_vm``
@@ -160,4 +163,10 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", "/vms/{vm}/disks", {p.VM_ADD_NEW_DISK}, 201, lambda ids: {"size": 4096}),
     _r("POST", "/vms/{enc_vm}/vtpm", {p.VM_CHANGE_SETTINGS, p.CRYPTO_ENCRYPT}, 201),
     _r("DELETE", "/vms/{enc_vm}/vtpm", {p.VM_CHANGE_SETTINGS, p.CRYPTO_DECRYPT}, 200),
+    # Register: a known, unregistered VM; a VM found on the datastore.
+    _r("POST", "/vms/{unreg_vm}/register", {p.VM_REGISTER, p.CRYPTO_REGISTER_VM}, 200,
+       lambda ids: {"host_id": ids["other_host"]}),
+    _r("POST", "/vms/register", {p.VM_REGISTER, p.CRYPTO_REGISTER_VM}, 201,
+       lambda ids: {"datastore_id": ids["datastore"], "instance_uuid": ids["found_uuid"],
+                    "host_id": ids["host"]}),
 )

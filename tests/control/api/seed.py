@@ -18,6 +18,9 @@ from cryptography.x509.oid import NameOID
 
 from tests.control.api.conftest import auth
 from tests.control.api.routes import Ids, Route
+from vmcrypt.host.datastore import Datastore as HostDatastore
+from vmcrypt.host.keycache import KeyCache
+from vmcrypt.host.vm import create_vm
 
 API = "/api/v1"
 DISK_SIZE = 1 << 16
@@ -71,6 +74,10 @@ async def seed(client: httpx.AsyncClient, admin_token: str, backup: tuple[bytes,
     ids["vm"] = await vm("seed-vm")
     ids["enc_vm"] = await vm("seed-enc-vm", ids["enc_policy"])
     ids["spare_vms"] = [await vm(f"seed-spare-{n}") for n in range(CALLERS)]
+    ids["unreg_vm"] = await vm("seed-unreg-vm", ids["enc_policy"])
+    await post(f"/vms/{ids['unreg_vm']}/unregister", None, 200)
+    ids["found_uuid"] = create_vm(HostDatastore(datastore), KeyCache(), name="seed-found",
+                                  disk_sizes=[DISK_SIZE]).instance_uuid
     ids["job_vm"] = await vm("seed-job-vm")
     job = await post(f"/vms/{ids['job_vm']}/encrypt", {"component": "home"}, 202)
     ids["job"] = job["id"]

@@ -57,7 +57,7 @@ from vmcrypt.control.db.repo import (
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict, ControlError, NotFound
 from vmcrypt.control.hostclient import HostClient
-from vmcrypt.control.services import crypto_ops
+from vmcrypt.control.services import crypto_ops, vms
 from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import (
     HostConnector,
@@ -107,19 +107,22 @@ def clone(session: Session, hosts: HostConnector, vm: VirtualMachine, *, name: s
                 standard.close()
             key_id = new.ref.key_id
             assert key_id is not None
-            failed = _put_kek(hosts, targets, provider.name, key_id, new.kek, clone_uuid)
-            if host.name in failed:
-                _drop_kek(hosts, targets, provider.name, key_id)
-                raise Conflict(f"the clone's new KEK could not be pushed to host {host.name!r}")
         elif provider.kind is not ProviderKind.NATIVE:
             raise Conflict(f"cloning a {provider.kind} provider VM is not supported yet")
     try:
+        if provider is not None and key_id is not None:
+            failed = _put_kek(hosts, targets, provider.name, key_id, new.kek, clone_uuid)
+            if host.name in failed:
+                raise Conflict(f"the clone's new KEK could not be pushed to host "
+                               f"{host.name!r}")
         host_job = client.clone_vm(vm.instance_uuid, clone_id=clone_uuid, name=name,
                                    provider_id=None if provider is None else provider.name,
                                    key_id=key_id)
-    except Exception:
+    except Exception as exc:
         if provider is not None and key_id is not None:
-            _drop_kek(hosts, targets, provider.name, key_id)
+            # No record will name the new KEK: not on the hosts, not Active on the KMS.
+            vms.discard_new_kek(hosts, targets, provider, key_id, vm_name=name,
+                                instance_uuid=clone_uuid, error=exc)
         raise
     job = create_job(session, type=CLONE_JOB, target_type="vm", target_id=vm.id,
                      user_name=user_name, component="all", host_id=host.id,
@@ -217,8 +220,29 @@ def _discard(session: Session, hosts: HostConnector, job: Job, source: VirtualMa
         if event.details.get("job_id") == job.id:
             return
     key_id, provider = started.get("key_id"), started.get("provider")
+    orphan: str | None = None
     if isinstance(key_id, str) and isinstance(provider, str):
         _drop_kek(hosts, hosts_of_vm(session, source), provider, key_id)
+        row = session.scalar(select(KeyProvider).where(KeyProvider.name == provider))
+        if row is not None and row.kind is ProviderKind.STANDARD:
+            orphan = vms.destroy_kek(row, key_id)
+    if orphan is not None:
+        append_event(session, type=vms.ORPHAN_EVENT, severity=Severity.ERROR,
+                     object_type="key-provider", object_id=provider,
+                     user_name=job.user_name,
+                     message=f"key {key_id} of provider {provider!r}, made for a clone of VM "
+                             f"{source.name!r} that {job.state}, could not be destroyed: "
+                             f"{orphan}; revoke and destroy it on the KMS",
+                     details={"provider": provider, "key_id": key_id, "job_id": job.id,
+                              "error": orphan})
+    error = job.error if job.state is JobState.FAILED else None
+    crypto_event(session, operation="clone", vm=source, component="all",
+                 user_name=job.user_name, provider=provider if isinstance(provider, str)
+                 else None, key_id=key_id if isinstance(key_id, str) else None,
+                 result=job.state.value,
+                 message=f"clone of VM {source.name!r} (job {job.id}) {job.state}",
+                 details={"job_id": job.id, "clone_name": started.get("clone_name"),
+                          **({"error": error} if error else {})})
     append_event(session, type=_DISCARDED, severity=Severity.WARNING, object_type="vm",
                  object_id=source.id, user_name=job.user_name,
                  message=f"the clone of VM {source.name!r} (job {job.id}) {job.state}: "

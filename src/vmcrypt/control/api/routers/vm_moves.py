@@ -35,6 +35,7 @@ from vmcrypt.control.privileges import (
     VM_CLONE,
 )
 from vmcrypt.control.services import crypto_ops, mobility
+from vmcrypt.control.services import vms as vms_service
 from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.exceptions import VmcryptError
@@ -82,13 +83,14 @@ def _audited(session: Session, vm: VirtualMachine, operation: str, user: str | N
         return work()
     except VmcryptError as exc:
         session.rollback()
+        vms_service.after_rollback(session, exc)  # e.g. a new KEK that could not be destroyed
         again = session.get(VirtualMachine, vm_id)
         if again is not None:
             crypto_event(session, operation=operation, vm=again, component="all",
                          user_name=user, result="failed",
                          message=f"{operation} of VM {name!r} failed: {exc}",
                          details={"error": type(exc).__name__})
-            session.commit()
+        session.commit()
         raise
 
 

@@ -16,9 +16,11 @@ too (:func:`_add_disk_crypto`), so handlers still check nothing themselves.
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from vmcrypt.control.api.deps import AuditedRoute, CurrentUser, SessionDep, requires
@@ -49,13 +51,15 @@ from vmcrypt.control.privileges import (
     VM_CREATE,
     VM_DELETE,
     VM_GUEST_DATA,
+    VM_REGISTER,
     VM_UNREGISTER,
 )
 from vmcrypt.control.services import crypto_ops
 from vmcrypt.control.services import vms as service
 from vmcrypt.control.services.keys import HostConnector, reconnect_host
 
-__all__ = ["ROUTERS", "VmCreate", "VmDiskPublic", "VmPublic", "host_router", "router"]
+__all__ = ["ROUTERS", "VmCreate", "VmDiskPublic", "VmFound", "VmPublic", "VmRegister",
+           "host_router", "router"]
 
 router = APIRouter(prefix="/vms", tags=["vms"], route_class=AuditedRoute)
 host_router = APIRouter(prefix="/hosts", tags=["hosts"], route_class=AuditedRoute)
@@ -80,6 +84,22 @@ class VmCreate(BaseModel):
         default_factory=list, max_length=64,
         description="disk sizes in bytes: positive multiples of 4096, at most 16 TiB")
     storage_policy_id: int | None = None
+
+
+class VmRegister(BaseModel):
+    """The host (of the VM's datastore) a known, unregistered VM is registered with."""
+
+    host_id: int
+
+
+class VmFound(BaseModel):
+    """A VM folder on a datastore the control plane does not know yet, and its host."""
+
+    datastore_id: int
+    instance_uuid: UUID
+    host_id: int
+    name: str | None = Field(default=None, min_length=1, max_length=200,
+                             description="default: the name in the VM's configuration")
 
 
 class VmDiskPublic(BaseModel):
@@ -119,10 +139,46 @@ def _public(session: Any, vm: VirtualMachine) -> VmPublic:
 
 @router.post("", status_code=201, dependencies=[requires(VM_CREATE, CRYPTO_ENCRYPT_NEW)])
 def create(body: VmCreate, session: SessionDep, hosts: Hosts, user: CurrentUser) -> VmPublic:
-    """Create a VM (home and disks), encrypted as its storage policy says."""
-    vm = service.create(session, hosts, name=body.name, datastore_id=body.datastore_id,
-                        host_id=body.host_id, disk_sizes=body.disks,
-                        storage_policy_id=body.storage_policy_id, user_name=user.user_name)
+    """Create a VM (home and disks), encrypted as its storage policy says.
+
+    A creation that fails after the KMS made the VM's KEK destroys that KEK again; if
+    even that fails, the ``kms.key.orphaned`` event outlives the rollback.
+    """
+    try:
+        vm = service.create(session, hosts, name=body.name, datastore_id=body.datastore_id,
+                            host_id=body.host_id, disk_sizes=body.disks,
+                            storage_policy_id=body.storage_policy_id,
+                            user_name=user.user_name)
+    except Exception as exc:
+        keep_after_rollback(session, exc)
+        raise
+    return _public(session, vm)
+
+
+def keep_after_rollback(session: Session, exc: BaseException) -> None:
+    """Roll back, then commit the events ``exc`` carries for after the rollback (if any).
+
+    The pipeline rolls a failed request back whole; an event saying a key could not be
+    cleaned up must survive that, so it is written in a transaction of its own.
+    """
+    session.rollback()
+    if service.after_rollback(session, exc):
+        session.commit()
+
+
+@router.post("/register", status_code=201,
+             dependencies=[requires(VM_REGISTER, CRYPTO_REGISTER_VM)])
+def register_found(body: VmFound, session: SessionDep, hosts: Hosts, user: CurrentUser,
+                   request: Request) -> VmPublic:
+    """Register a VM found on a datastore: its disks and keys from the host's view.
+
+    Every KEK is fetched by key ID and pushed to every host of the cluster; a key that
+    cannot be had leaves the VM registered but locked, with the reason.
+    """
+    vm = service.register_found(session, hosts, datastore_id=body.datastore_id,
+                                instance_uuid=str(body.instance_uuid), host_id=body.host_id,
+                                name=body.name, sealing_key=request.app.state.master_key,
+                                user_name=user.user_name)
     return _public(session, vm)
 
 
@@ -144,6 +200,19 @@ def unregister(vm_id: int, session: SessionDep, hosts: Hosts, user: CurrentUser)
     vm = fetch(session, VirtualMachine, vm_id)
     service.unregister(session, hosts, vm, user_name=user.user_name)
     return _public(session, vm)
+
+
+@router.post("/{vm_id}/register", dependencies=[requires(VM_REGISTER, CRYPTO_REGISTER_VM)])
+def register(vm_id: int, body: VmRegister, session: SessionDep, hosts: Hosts,
+             user: CurrentUser, request: Request) -> VmPublic:
+    """Register an unregistered VM again; its KEKs go back to every host of the cluster.
+
+    A key that cannot be had leaves the VM registered but locked (``vm unlock`` retries).
+    """
+    vm = fetch(session, VirtualMachine, vm_id)
+    return _public(session, service.register(session, hosts, vm, host_id=body.host_id,
+                                             sealing_key=request.app.state.master_key,
+                                             user_name=user.user_name))
 
 
 @router.delete("/{vm_id}", status_code=204, dependencies=[requires(VM_DELETE)])

@@ -40,7 +40,13 @@ from vmcrypt.control.services.keys import (
     HostConnector,
 )
 
-__all__ = ["JobRef", "cancel", "job_ref", "poll", "track_host_job"]
+__all__ = ["SETTLED_ELSEWHERE", "JobRef", "cancel", "job_ref", "poll", "track_host_job"]
+
+#: Job types whose final ``crypto.*`` event is not :func:`poll`'s to write: a clone's
+#: end is recorded once by ``mobility.settle_clone`` (on the clone when it succeeded,
+#: on the source when it failed or was cancelled), so each clone has exactly one start
+#: and one end event.
+SETTLED_ELSEWHERE = frozenset({"vm.clone"})
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,8 @@ def poll(session: Session, hosts: HostConnector, job: Job) -> Job:
         finish_job(session, job_id=job.id, state=state, error=message)
         after = _records(session, vm)
         record = after.get(ref.component) or used or after.get("home")
-        _ended(session, job, ref, vm, state, message, record)
+        if job.type not in SETTLED_ELSEWHERE:
+            _ended(session, job, ref, vm, state, message, record)
     return job
 
 def cancel(session: Session, hosts: HostConnector, job: Job) -> Job:
