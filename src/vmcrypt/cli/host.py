@@ -6,21 +6,26 @@ plane is its only client, over mutual TLS. See ``docs/host.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import socket
 import ssl
 import sys
+import threading
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vmcrypt.cli.serving import configure_server_logging
-from vmcrypt.exceptions import UsageError
+from vmcrypt.exceptions import UsageError, VmcryptError
+
+if TYPE_CHECKING:
+    from vmcrypt.host.trust import TrustLink
 
 __all__ = ["app", "serve"]
 
@@ -85,13 +90,37 @@ def serve(
         str | None, typer.Option("--address", help="Address in this host's certificate "
                                  "(default: --host).")
     ] = None,
+    trust_url: Annotated[
+        str | None, typer.Option("--trust-url", envvar="VMCRYPT_HOST_TRUST_URL",
+                                 help="Trust Authority URL: enables trusted key providers.")
+    ] = None,
+    trust_ca: Annotated[
+        Path | None, typer.Option("--trust-ca", help="CA of the Trust Authority (PEM).")
+    ] = None,
+    trust_cert: Annotated[
+        Path | None, typer.Option("--trust-cert", help="Client certificate at the Trust "
+                                  "Authority, CN = this host's name (default: --cert).")
+    ] = None,
+    trust_key: Annotated[
+        Path | None, typer.Option("--trust-key", help="Its private key (default: --key).")
+    ] = None,
+    trust_identity: Annotated[
+        Path | None, typer.Option("--trust-identity", help="The host identity key that "
+                                  "signs evidence ('vmcrypt trust identity FILE').")
+    ] = None,
+    trust_config: Annotated[
+        Path | None, typer.Option("--trust-config", help="The host configuration file "
+                                  "measured as 'config' (default: none, empty bytes).")
+    ] = None,
 ) -> None:
     """Run the host agent until interrupted (Ctrl-C or SIGTERM).
 
     It starts with no keys: the control plane pushes KEKs (and native primary keys)
     after it connects. Clients must present a certificate signed by --ca. With
     --enrol, a first start generates the key here (0600) and gets the certificate from
-    the control plane CA with a one-time --token.
+    the control plane CA with a one-time --token. With --trust-url (and --trust-ca,
+    --trust-identity) the host attests to that Trust Authority and gets the KEKs of
+    trusted key providers itself; see docs/trust.md.
     """
     import uvicorn
 
@@ -120,7 +149,11 @@ def serve(
     # Checked here for a clear message naming the bad file; uvicorn loads them again.
     server_context(cert_file=cert, key_file=key, ca_file=ca)
     datastore.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = HostState(name=state_name, hardware_uuid=hw, datastore=Datastore(datastore))
+    link = _trust_link(url=trust_url, ca=trust_ca, cert=trust_cert or cert,
+                       key=trust_key or key, identity=trust_identity, config=trust_config,
+                       name=state_name, hardware_uuid=hw)
+    state = HostState(name=state_name, hardware_uuid=hw, datastore=Datastore(datastore),
+                      trust=link)
     config = uvicorn.Config(
         create_app(state),
         log_config=None,
@@ -150,8 +183,40 @@ def serve(
         sys.stdout.write(f"vmcrypt host {state.name}: listening on https://{bound_host}:"
                          f"{bound_port} (mutual TLS, clients signed by {ca})\n")
     sys.stdout.flush()
+    if link is not None:
+        # Attest once at start so /health shows attested or failed (with the reason)
+        # before the first trusted VM needs a key; failures are retried on use.
+        threading.Thread(target=_attest_quietly, args=(link,), name="attest",
+                         daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
         state.jobs.stop_all()
+        if link is not None:
+            link.close()
         sock.close()
+
+
+def _attest_quietly(link: TrustLink) -> None:
+    with contextlib.suppress(VmcryptError):  # the link's status records the reason
+        link.attest()
+
+
+def _trust_link(*, url: str | None, ca: Path | None, cert: Path, key: Path,
+                identity: Path | None, config: Path | None, name: str,
+                hardware_uuid: str) -> TrustLink | None:
+    """The Trust Authority link from the --trust-* options (None without --trust-url)."""
+    from vmcrypt.host.trust import TrustLink, TrustSettings
+
+    if url is None:
+        if ca is not None or identity is not None:
+            raise UsageError("--trust-ca and --trust-identity need --trust-url")
+        return None
+    if ca is None or identity is None:
+        raise UsageError("--trust-url needs --trust-ca (the Trust Authority's CA) and "
+                         "--trust-identity (the host identity key)")
+    if config is not None and not config.is_file():
+        raise UsageError(f"--trust-config {config}: no such file")
+    settings = TrustSettings(url=url, ca_file=ca, cert_file=cert, key_file=key,
+                             identity_file=identity, config_file=config)
+    return TrustLink.from_settings(settings, host_name=name, hardware_uuid=hardware_uuid)

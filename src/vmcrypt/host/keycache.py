@@ -6,6 +6,11 @@ to disk, logged or pickled: after a restart a host starts empty and the control 
 pushes again (seeds: "ESXi does not store the KEK on a disk"). ``repr`` shows counts
 only, and :meth:`KeyCache.key_ids` returns IDs, never key bytes.
 
+KEKs of trusted providers come from the host's Trust Authority (:mod:`vmcrypt.host.trust`)
+instead: the cache asks its :class:`~vmcrypt.host.trust.TrustLink` for a new KEK or to
+unwrap the KEK ciphertext a keySafe stores, and holds the plaintext under
+``(provider_id, cache_key_id(ciphertext))`` like any pushed KEK.
+
 The cache also remembers which registered VM uses which KEK, so that unregistering or
 deleting an encrypted VM removes its KEK from the cache (seeds: "the ESXi host and the
 cluster remove the KEK from cache") unless another VM still needs it.
@@ -17,12 +22,16 @@ promise no other copy exists, but a removed key does not linger in the cache's b
 from __future__ import annotations
 
 import threading
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vmcrypt.crypto.keys import KEK_SIZE, check_key
 from vmcrypt.host.exceptions import KeyNotOnHost
+from vmcrypt.host.trust import TrustedProviderUnavailable, cache_key_id
 from vmcrypt.providers.base import KekRef
 from vmcrypt.providers.native import HostNativeKeyProvider
+
+if TYPE_CHECKING:
+    from vmcrypt.host.trust import TrustLink
 
 __all__ = ["KeyCache", "KeyId"]
 
@@ -42,6 +51,9 @@ class KeyCache:
         self._keks: dict[KeyId, bytearray] = {}
         self._native: dict[str, HostNativeKeyProvider] = {}
         self._vm_keys: dict[str, set[KeyId]] = {}
+        self._trust: TrustLink | None = None
+        #: Provider IDs known to be trusted (used here, or published by the authority).
+        self._trusted: set[str] = set()
 
     # -- KEKs of standard and trusted providers ---------------------------------------
     def put_kek(
@@ -117,13 +129,81 @@ class KeyCache:
         with self._lock:
             return sorted(self._native)
 
+    # -- trusted providers (through the Trust Authority) ---------------------------------
+    def attach_trust(self, link: TrustLink | None) -> None:
+        """Use ``link`` for trusted providers' KEKs (None: this host has no Trust Authority)."""
+        with self._lock:
+            self._trust = link
+
+    @property
+    def trust(self) -> TrustLink | None:
+        """The Trust Authority link, if this host has one."""
+        return self._trust
+
+    def knows_trusted(self, provider_id: str) -> bool:
+        """Whether ``provider_id`` is known here as trusted (no network call)."""
+        with self._lock:
+            return provider_id in self._trusted
+
+    def is_trusted(self, provider_id: str) -> bool:
+        """Whether a provider is trusted: known here, or published by the Trust Authority.
+
+        A native provider whose primary key is cached is never trusted. May ask the
+        Trust Authority (:class:`TrustedProviderUnavailable` when it cannot answer).
+        """
+        with self._lock:
+            if provider_id in self._trusted:
+                return True
+            if provider_id in self._native or self._trust is None:
+                return False
+            link = self._trust
+        if link.publishes(provider_id):
+            with self._lock:
+                self._trusted.add(provider_id)
+            return True
+        return False
+
+    def _link(self, provider_id: str) -> TrustLink:
+        link = self._trust
+        if link is None:
+            raise TrustedProviderUnavailable(
+                provider_id, "this host has no Trust Authority configured (start it with "
+                "--trust-url, --trust-ca, --trust-cert, --trust-key and --trust-identity)")
+        return link
+
+    def new_trusted_kek(self, provider_id: str, *, vm_id: str | None = None
+                        ) -> tuple[bytes, bytes]:
+        """A new KEK from a trusted provider: (KEK ciphertext to store, KEK), cached."""
+        kek, ciphertext = self._link(provider_id).new_kek(provider_id)
+        with self._lock:
+            self._trusted.add(provider_id)
+        self.put_kek(provider_id, cache_key_id(ciphertext), kek, vm_id=vm_id)
+        return ciphertext, kek
+
+    def trusted_kek(self, provider_id: str, kek_ciphertext: bytes, *,
+                    vm_id: str | None = None) -> bytes:
+        """The KEK inside a stored ciphertext: from the cache, or unwrapped by the service."""
+        key_id = cache_key_id(kek_ciphertext)
+        with self._lock:
+            buf = self._keks.get((provider_id, key_id))
+            if buf is not None:
+                if vm_id is not None:
+                    self._vm_keys.setdefault(vm_id, set()).add((provider_id, key_id))
+                return bytes(buf)
+        kek = self._link(provider_id).unwrap(provider_id, kek_ciphertext)
+        with self._lock:
+            self._trusted.add(provider_id)
+        self.put_kek(provider_id, key_id, kek, vm_id=vm_id)
+        return kek
+
     # -- looking keys up as a keySafe names them ----------------------------------------
     def resolve(self, provider_id: str, ref: KekRef, *, vm_id: str | None = None) -> bytes:
-        """The KEK a keySafe names: by key ID from the cache, or unwrapped (native).
+        """The KEK a keySafe names: by key ID from the cache, or unwrapped.
 
-        A wrapped KEK is opened with the cached primary key of ``provider_id``; a missing
-        primary key is :class:`KeyNotOnHost`, a KEK it did not wrap is
-        :class:`~vmcrypt.providers.ForeignWrappedKek`.
+        A wrapped KEK is opened with the cached primary key of a native ``provider_id``
+        (a missing primary key is :class:`KeyNotOnHost`, a KEK it did not wrap is
+        :class:`~vmcrypt.providers.ForeignWrappedKek`), or, for a trusted provider, is
+        the KEK ciphertext the Trust Authority unwraps (:meth:`trusted_kek`).
         """
         if ref.key_id is not None:
             with self._lock:
@@ -131,6 +211,9 @@ class KeyCache:
                 if vm_id is not None:
                     self._vm_keys.setdefault(vm_id, set()).add((provider_id, ref.key_id))
             return kek
+        assert ref.wrapped_kek is not None
+        if self.is_trusted(provider_id):
+            return self.trusted_kek(provider_id, ref.wrapped_kek, vm_id=vm_id)
         return self.native_provider(provider_id).get_kek(ref)
 
     # -- VMs and removal ---------------------------------------------------------------
@@ -173,6 +256,7 @@ class KeyCache:
             self._keks.clear()
             self._native.clear()
             self._vm_keys.clear()
+            self._trusted.clear()
 
     def __len__(self) -> int:
         with self._lock:

@@ -97,6 +97,18 @@ class TrustClient:
         self._http = httpx.Client(base_url=self.url + _PREFIX, verify=context,
                                   timeout=timeout)
 
+    @classmethod
+    def over(cls, http: httpx.Client, url: str = "") -> TrustClient:
+        """A client over any ``httpx.Client`` whose base URL ends in ``/api/v1``.
+
+        For tests (Starlette's ``TestClient`` around the service app) and for callers
+        that build their own TLS client; the TLS checks are then the caller's.
+        """
+        client = cls.__new__(cls)
+        client.url = url.rstrip("/") or str(http.base_url).rstrip("/")
+        client._http = http
+        return client
+
     def request(self, method: str, path: str, *, token: str | None = None,
                 **kwargs: Any) -> Any:
         """``method path`` → decoded JSON, or the error the answer stands for."""

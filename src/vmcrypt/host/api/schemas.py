@@ -12,15 +12,17 @@ import binascii
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from vmcrypt.crypto.keys import KEK_SIZE
 from vmcrypt.host.datastore import DiskRecord, KeyFacts, VmRecord
 from vmcrypt.host.keycache import KeyCache
+from vmcrypt.host.trust import cache_key_id
 from vmcrypt.host.vm import KeySpec
 from vmcrypt.providers.base import KekRef
 
 __all__ = [
+    "AttestationPublic",
     "CloneAccepted",
     "CloneRequest",
     "ComponentRequest",
@@ -39,6 +41,7 @@ __all__ = [
     "KeyRef",
     "PrimaryKeyPush",
     "RekeyRequest",
+    "TrustedProviderPublic",
     "Unregistered",
     "VmCreate",
     "VmPublic",
@@ -100,6 +103,26 @@ class KeyList(BaseModel):
     native_providers: list[str]
 
 
+class AttestationPublic(BaseModel):
+    """The host's attestation with its Trust Authority: outcome, reason, when; no token."""
+
+    state: Literal["attested", "failed", "unset"]
+    reason: str | None = None
+    at: float | None = Field(default=None, description="seconds since the epoch")
+    baseline: str | None = None
+    expires_at: float | None = Field(default=None, description="the token's expiry")
+    url: str | None = None
+
+
+class TrustedProviderPublic(BaseModel):
+    """A trusted provider as this (attested) host sees it at its Trust Authority."""
+
+    provider_id: str
+    reachable: bool
+    key_id: str | None = Field(default=None, description="the provider's primary key ID")
+    attestation: AttestationPublic
+
+
 class Health(BaseModel):
     name: str
     hardware_uuid: str
@@ -110,18 +133,33 @@ class Health(BaseModel):
     native_providers: int
     vms: int
     jobs_running: int
+    #: ``unset`` with no reason when the host has no Trust Authority configured.
+    attestation: AttestationPublic = Field(
+        default_factory=lambda: AttestationPublic(state="unset"))
 
 
 class KeyRef(_Strict):
-    """Which KEK to use: a pushed one by key ID, or (no key ID) a new native one."""
+    """Which KEK to use: a pushed one by key ID, or (no key ID) a new native one.
+
+    ``trusted`` (no key ID): a new KEK from the trusted provider ``provider_id`` of the
+    host's Trust Authority — the host attests if needed and asks for it itself.
+    """
 
     provider_id: str = _ID
     key_id: str | None = Field(default=None, min_length=1, max_length=200)
+    trusted: bool = False
+
+    @field_validator("trusted")
+    @classmethod
+    def _no_key_id(cls, trusted: bool, info: ValidationInfo) -> bool:
+        if trusted and info.data.get("key_id") is not None:
+            raise ValueError("a trusted provider's KEK has no key ID: the host gets a new one")
+        return trusted
 
     def spec(self) -> KeySpec:
         """The library's KeySpec: ``key_id`` None means the host makes a native KEK."""
         if self.key_id is None:
-            return KeySpec(self.provider_id)
+            return KeySpec(self.provider_id, trusted=self.trusted)
         return KeySpec(self.provider_id, KekRef(key_id=self.key_id))
 
 
@@ -178,11 +216,13 @@ class VtpmAdd(_Strict):
 
 
 class KeyFactsPublic(BaseModel):
-    """Which KEK protects a component: its key ID, or (native) the wrapped KEK.
+    """Which KEK protects a component: its key ID, or (native, trusted) the wrapped KEK.
 
     A wrapped KEK is ciphertext under the provider's primary key — what the keySafe
-    stores and what the control plane records for native VMs (base64) — not key
-    material.
+    stores and what the control plane records for native and trusted VMs (base64) —
+    not key material. A trusted provider's KEK ciphertext shows as ``native: false``
+    with no ``key_id`` (once this host has used the provider since it started; before
+    that it cannot tell it from a native wrapped KEK without asking its Trust Authority).
     """
 
     provider_id: str
@@ -244,14 +284,17 @@ class JobPublic(BaseModel):
 def _facts(cache: KeyCache, facts: KeyFacts | None) -> KeyFactsPublic | None:
     if facts is None:
         return None
+    trusted = facts.key_id is None and cache.knows_trusted(facts.provider_id)
     if facts.key_id is not None:
         on_host = cache.has(facts.provider_id, facts.key_id)
+    elif trusted and facts.wrapped_kek is not None:
+        on_host = cache.has(facts.provider_id, cache_key_id(facts.wrapped_kek))
     else:
         on_host = cache.has_primary_key(facts.provider_id)
     return KeyFactsPublic(
         provider_id=facts.provider_id,
         key_id=facts.key_id,
-        native=facts.key_id is None,
+        native=facts.key_id is None and not trusted,
         key_on_host=on_host,
         wrapped_kek=base64.b64encode(facts.wrapped_kek).decode()
         if facts.wrapped_kek is not None else None,

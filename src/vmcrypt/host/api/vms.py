@@ -62,22 +62,33 @@ log = logging.getLogger("vmcrypt.host.api")
 router = APIRouter(tags=["vms"])
 
 
-def _need_key(state: HostState, provider_id: str, key_id: str | None) -> None:
-    """KeyNotOnHost now, rather than from inside a job, when this host lacks the key."""
+def _need_key(state: HostState, provider_id: str, key_id: str | None,
+              wrapped_kek: bytes | None = None) -> None:
+    """KeyNotOnHost now, rather than from inside a job, when this host lacks the key.
+
+    A trusted provider's KEK is fetched here (attesting if needed), so an untrusted
+    host's refusal — with its reason — is the answer, not a failed job.
+    """
+    cache = state.cache
     if key_id is not None:
-        if not state.cache.has(provider_id, key_id):
+        if not cache.has(provider_id, key_id):
             raise KeyNotOnHost(provider_id, key_id)
-    elif not state.cache.has_primary_key(provider_id):
+    elif cache.has_primary_key(provider_id):
+        return
+    elif cache.is_trusted(provider_id):
+        if wrapped_kek is not None:
+            cache.trusted_kek(provider_id, wrapped_kek)
+    else:
         raise KeyNotOnHost(provider_id)
 
 
 def _need_facts(state: HostState, facts: KeyFacts | None) -> None:
     if facts is not None:
-        _need_key(state, facts.provider_id, facts.key_id)
+        _need_key(state, facts.provider_id, facts.key_id, facts.wrapped_kek)
 
 
 def _need_ref(state: HostState, ref: KeyRef | None) -> None:
-    if ref is not None:
+    if ref is not None and not ref.trusted:
         _need_key(state, ref.provider_id, ref.key_id)
 
 

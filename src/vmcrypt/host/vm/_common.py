@@ -3,8 +3,10 @@
 DEKs are generated here or unwrapped from keySafes, used, and dropped: they are never
 stored, returned to callers or logged (seeds: "It keeps the internal keys in memory
 only"). KEKs come from the host's :class:`~vmcrypt.host.keycache.KeyCache` — pushed by
-the control plane for standard providers, or made and opened with a cached primary
-key for native ones.
+the control plane for standard providers, made and opened with a cached primary
+key for native ones, or made and unwrapped by the Trust Authority's Key Provider
+Service for trusted ones (the keySafe then stores the KEK ciphertext as its wrapped
+KEK, and the attested host gets the KEK back from the service after a restart).
 """
 
 from __future__ import annotations
@@ -51,15 +53,19 @@ _AD_LABEL = b"vmcrypt vm home blob v1\x00"
 
 @dataclass(frozen=True)
 class KeySpec:
-    """The KEK new keySafes use: an existing one by reference, or a new native one.
+    """The KEK new keySafes use: an existing one by reference, or a new native/trusted one.
 
-    ``ref`` names a pushed KEK (``KekRef(key_id=...)``) or a native wrapped KEK. With
-    ``ref=None`` the provider must be a native one whose primary key this host holds:
-    the host then creates the KEK itself — no control plane involved.
+    ``ref`` names a pushed KEK (``KekRef(key_id=...)``) or a wrapped KEK (native, or a
+    trusted provider's KEK ciphertext). With ``ref=None`` the provider is a native one
+    whose primary key this host holds — the host creates the KEK itself — or, with
+    ``trusted`` (or a provider the Trust Authority publishes), a trusted one: the host
+    attests if needed and asks the Key Provider Service for a new KEK. No control plane
+    involved either way.
     """
 
     provider_id: str
     ref: KekRef | None = field(default=None)
+    trusted: bool = False
 
 
 def spec_of(facts: KeyFacts) -> KeySpec:
@@ -75,6 +81,10 @@ def _ref(key_id: str | None, wrapped_kek: bytes | None) -> KekRef:
 def new_kek(cache: KeyCache, spec: KeySpec, vm_id: str) -> tuple[KekRef, bytes]:
     """Resolve a spec into (reference to store, KEK to wrap with)."""
     if spec.ref is None:
+        if spec.trusted or (not cache.has_primary_key(spec.provider_id)
+                            and cache.is_trusted(spec.provider_id)):
+            ciphertext, kek = cache.new_trusted_kek(spec.provider_id, vm_id=vm_id)
+            return KekRef(wrapped_kek=ciphertext), kek
         made = cache.native_provider(spec.provider_id).new_kek()
         return made.ref, made.kek
     return spec.ref, cache.resolve(spec.provider_id, spec.ref, vm_id=vm_id)
