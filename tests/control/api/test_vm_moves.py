@@ -407,3 +407,120 @@ async def test_a_clone_followed_at_jobs_is_recorded_too(
                  if vm["name"] == "copy")
     assert clone["encrypted"] and clone["key_ids"]["home"] != source["key_ids"]["home"]
     await _same_data(control, admin, clone["id"])
+
+
+def _kms_client(layout: PkiLayout, port: int) -> Any:
+    from vmcrypt.kmip.client import KmipClient
+    from vmcrypt.pki.tls import client_context
+
+    cert = layout.clients["admin"]
+    return KmipClient("127.0.0.1", port, ssl_context=client_context(
+        ca_file=layout.ca.cert, cert_file=cert.cert, key_file=cert.key))
+
+
+def _no_active_key(layout: PkiLayout, port: int, name: str) -> list[str]:
+    """The keys the KMS made for VM ``name``: each Destroyed, none Active for its UUID."""
+    from vmcrypt.kmip.tags import State
+
+    kmip = _kms_client(layout, port)
+    try:
+        made = kmip.locate(attributes={"x-Name": name})
+        for uid in made:
+            assert kmip.get_attributes(uid, ["State"])[0].value.value == State.DESTROYED
+            ident = kmip.get_attributes(uid, ["x-Identifier"])[0].value.value
+            assert kmip.locate(attributes={"x-Identifier": ident, "State": State.ACTIVE}) == []
+        return list(made)
+    finally:
+        kmip.close()
+
+
+@pytest.mark.anyio
+async def test_failed_create_and_clone_leave_no_orphan_kek(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Fleet, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """The KMS made a KEK, then the host refused: the KEK is Destroyed and off the hosts;
+    the refused clone has exactly one start and one end ``crypto.clone`` event."""
+    from vmcrypt.host.api import moves
+    from vmcrypt.host.api import vms as host_vms
+    from vmcrypt.host.exceptions import VmBusy
+
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise VmBusy("refused by the test")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(host_vms, "create_vm", refuse)
+        failed = await control.post(f"{API}/vms", headers=admin, json={
+            "name": "vm-x", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+            "disks": [DISK], "storage_policy_id": ids["policy"]})
+    assert failed.status_code == 409, failed.text
+    assert len(_no_active_key(pki, kms.address[1], "vm-x")) == 1
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == []
+    assert (await control.get(f"{API}/vms", headers=admin)).json() == []
+
+    created = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "vm-01", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK, DISK], "storage_policy_id": ids["policy"]})
+    assert created.status_code == 201, created.text
+    vm = created.json()
+    key_id = vm["key_ids"]["home"]
+    await _write(control, admin, vm["id"])
+    with monkeypatch.context() as patch:
+        patch.setattr(moves, "clone_vm", refuse)
+        started = await control.post(f"{API}/vms/{vm['id']}/clone", json={"name": "vm-02"},
+                                     headers=admin)
+        assert started.status_code == 202, started.text
+        job = started.json()
+        for _ in range(400):
+            status = (await control.get(f"{API}/vms/{vm['id']}/jobs/{job['id']}",
+                                        headers=admin)).json()
+            if status["job"]["state"] in FINAL:
+                break
+            await asyncio.sleep(0.02)
+    assert status["job"]["state"] == "failed" and status["clone"] is None
+    await control.get(f"{API}/jobs/{job['id']}", headers=admin)  # a second read adds nothing
+    assert len(_no_active_key(pki, kms.address[1], "vm-02")) == 1
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == [key_id]
+    await _same_data(control, admin, vm["id"])
+    events = (await control.get(f"{API}/events?type=crypto.clone", headers=admin)).json()
+    assert sorted(e["details"]["result"] for e in events) == ["failed", "started"]
+    assert {e["details"]["job_id"] for e in events} == {job["id"]}
+
+    # A clone that succeeds: one start (on the source), one end (on the clone).
+    await _clone(control, admin, vm["id"], "vm-03")
+    await control.get(f"{API}/jobs/{job['id'] + 1}", headers=admin)
+    events = (await control.get(f"{API}/events?type=crypto.clone", headers=admin)).json()
+    ours = [e for e in events if e["details"].get("job_id") == job["id"] + 1]
+    assert sorted(e["details"]["result"] for e in ours) == ["started", "succeeded"]
+
+
+@pytest.mark.anyio
+async def test_a_kek_that_cannot_be_destroyed_is_an_event(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Fleet, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """The cleanup itself fails: the request is still rolled back, the event outlives it."""
+    from vmcrypt.control.services import vms as service
+    from vmcrypt.host.api import vms as host_vms
+    from vmcrypt.host.exceptions import VmBusy
+
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise VmBusy("refused by the test")
+
+    monkeypatch.setattr(host_vms, "create_vm", refuse)
+    monkeypatch.setattr(service, "destroy_kek", lambda *_a: "no key server could be reached")
+    failed = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "vm-x", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK], "storage_policy_id": ids["policy"]})
+    assert failed.status_code == 409, failed.text
+    events = (await control.get(f"{API}/events?type=kms.key.orphaned", headers=admin)).json()
+    assert len(events) == 1 and events[0]["details"]["vm"] == "vm-x"
+    assert events[0]["details"]["key_id"] and events[0]["severity"] == "error"
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == []
+    assert (await control.get(f"{API}/vms", headers=admin)).json() == []
