@@ -59,11 +59,18 @@ class ConnectionState(enum.StrEnum):
 
 
 class LockReason(enum.StrEnum):
-    """Why a VM is locked: its keys could not be put on its host."""
+    """Why a VM is locked: its keys could not be put on (or got by) its host.
+
+    The last two are the trusted key provider's: the host is not attested (the Trust
+    Authority refused its evidence), or the Trust Authority or the provider's key
+    server did not answer. The precise sentence is in the ``vm.locked`` event.
+    """
 
     KEY_MISSING_IN_KMS = "key_missing_in_kms"
     KMS_UNREACHABLE = "kms_unreachable"
     KEY_MISSING_ON_HOST = "key_missing_on_host"
+    HOST_NOT_ATTESTED = "host_not_attested"
+    TRUSTED_PROVIDER_UNAVAILABLE = "trusted_provider_unavailable"
 
 
 class ProviderKind(enum.StrEnum):

@@ -101,12 +101,14 @@ def add_kms_server(
 ) -> KmsServer:
     """Append a KMS server to a standard provider's failover list.
 
+    A trusted provider has one row too: its Trust Authority's endpoint (the control
+    plane asks it which providers it publishes; hosts get the keys themselves).
     Certificates may be given as PEM or as paths; the client's private key only as a
     path, and PEM arguments must hold no private key.
     """
     provider = fetch(session, KeyProvider, provider_id)
-    if provider.kind is not ProviderKind.STANDARD:
-        raise UsageError(f"only standard providers have KMS servers, not {provider.kind}")
+    if provider.kind is ProviderKind.NATIVE:
+        raise UsageError("a native provider has no KMS server: its hosts hold its key")
     if not 0 < port < 65536:
         raise UsageError(f"{port} is not a TCP port")
     for pem in (ca_pem, client_cert_pem):
