@@ -169,4 +169,6 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", "/vms/register", {p.VM_REGISTER, p.CRYPTO_REGISTER_VM}, 201,
        lambda ids: {"datastore_id": ids["datastore"], "instance_uuid": ids["found_uuid"],
                     "host_id": ids["host"]}),
+    # Health from the monitors' board (tests/control/api/test_health.py).
+    _r("GET", "/key-providers/{standard}/health", READ, 200),
 )

@@ -24,6 +24,7 @@ from vmcrypt.control.api import create_app
 from vmcrypt.control.db.engine import Database
 from vmcrypt.control.db.models import ConnectionState, Host
 from vmcrypt.control.db.repo import list_events
+from vmcrypt.control.health import HealthBoard
 from vmcrypt.control.hostclient import HostClient, HostUnreachable
 from vmcrypt.control.monitor import HostCheck, HostMonitor
 from vmcrypt.kms.server import KmsServer
@@ -74,8 +75,14 @@ def hosts(tmp_path: Path) -> Switchable:
 
 
 @pytest.fixture
-def control_app(database: Database, master_key: bytes, hosts: Switchable) -> FastAPI:
-    return create_app(database, master_key=master_key, hosts=hosts)
+def board() -> HealthBoard:
+    return HealthBoard()
+
+
+@pytest.fixture
+def control_app(database: Database, master_key: bytes, hosts: Switchable,
+                board: HealthBoard) -> FastAPI:
+    return create_app(database, master_key=master_key, hosts=hosts, health=board)
 
 
 @pytest.fixture
@@ -86,8 +93,9 @@ async def control(control_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def monitor(database: Database, master_key: bytes, hosts: Switchable) -> HostMonitor:
-    return HostMonitor(database, hosts, sealing_key=master_key, interval=0.05)
+def monitor(database: Database, master_key: bytes, hosts: Switchable,
+            board: HealthBoard) -> HostMonitor:
+    return HostMonitor(database, hosts, sealing_key=master_key, interval=0.05, health=board)
 
 
 def _by_name(checks: list[HostCheck]) -> dict[str, HostCheck]:
@@ -274,3 +282,49 @@ async def test_a_hung_host_holds_no_database_lock(
     checks = _by_name(results)
     assert checks["esx-a"].responding and not checks["esx-a"].reconnected
     assert checks["esx-b"].reconnected
+
+
+async def test_every_probe_puts_the_host_on_the_health_board(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Switchable, monitor: HostMonitor,  # noqa: F811
+    board: HealthBoard,
+) -> None:
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+    before = await control.get(f"{API}/hosts/{ids['esx-a']}", headers=admin)
+    assert before.status_code == 200 and before.json()["health"] is None
+    created = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "vm-01", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK], "storage_policy_id": ids["policy"]})
+    assert created.status_code == 201, created.text
+
+    monitor.check_once()
+    seen = board.host("esx-a")
+    assert seen is not None and seen.connected and seen.error is None
+    assert seen.keks == len(hosts.kek_ids("esx-a")) == 1
+    assert seen.vms == 1 and seen.jobs_running == 0 and seen.native_providers == 0
+    assert seen.latency_ms is not None and seen.latency_ms >= 0
+    body = (await control.get(f"{API}/hosts/{ids['esx-a']}", headers=admin)).json()
+    assert body["health"]["connected"] and body["health"]["keks"] == 1
+    assert body["health"]["checked_at"]
+    # Counts only: the host page never shows which keys a host holds.
+    assert vm_key_id(created.json()) not in str(body)
+
+    # Down: the board says so at once, every poll (checked_at moves), with the reason.
+    hosts.down.add("esx-a")
+    monitor.check_once()
+    first = board.host("esx-a")
+    monitor.check_once()
+    down = board.host("esx-a")
+    assert down is not None and first is not None
+    assert not down.connected and down.error == "HostUnreachable" and down.keks is None
+    assert down.checked_at >= first.checked_at
+    body = (await control.get(f"{API}/hosts/{ids['esx-a']}", headers=admin)).json()
+    assert body["health"]["connected"] is False
+    assert board.host("esx-b") is not None and board.host("esx-b").connected
+
+
+def vm_key_id(vm: dict[str, object]) -> str:
+    keys = vm["key_ids"]
+    assert isinstance(keys, dict)
+    return str(keys["home"])

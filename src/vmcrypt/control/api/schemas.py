@@ -28,15 +28,21 @@ __all__ = [
     "DiskCreate",
     "EventPublic",
     "HostCreate",
+    "HostDetailPublic",
+    "HostHealthPublic",
     "HostPublic",
     "JobPublic",
+    "KeyProviderHealthPublic",
     "KeyProviderPublic",
+    "KeyProviderWithHealthPublic",
     "KmsServerCreate",
     "KmsServerPublic",
     "NativeProviderCreate",
+    "ProviderHealthPublic",
     "RekeyRequest",
     "RekeyResult",
     "RestoreRequest",
+    "ServerHealthPublic",
     "StandardProviderCreate",
     "StoragePolicyCreate",
     "StoragePolicyPublic",
@@ -327,3 +333,61 @@ class JobPublic(_Public):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+# --- health (read from the monitors' board, never from a live probe) -------------------
+
+
+class ServerHealthPublic(BaseModel):
+    """One KMS server as the provider monitor last probed it."""
+
+    address: str
+    reachable: bool
+    tls_ok: bool
+    latency_ms: float | None = None
+    version: str | None = None
+    certificate_expires_at: datetime | None = Field(
+        default=None, description="notAfter of the certificate the server presented")
+    error: str | None = None
+
+
+class ProviderHealthPublic(BaseModel):
+    """A key provider's last probe; ``state`` is ``unknown`` until the first one."""
+
+    state: Literal["healthy", "degraded", "unreachable", "unknown"]
+    checked_at: datetime | None = None
+    servers: list[ServerHealthPublic] = []
+    warnings: list[str] = []
+
+
+class KeyProviderHealthPublic(ProviderHealthPublic):
+    """``GET /key-providers/{id}/health``: the provider named, and its last probe."""
+
+    provider_id: int
+    name: str
+    kind: ProviderKind
+
+
+class KeyProviderWithHealthPublic(KeyProviderPublic):
+    """A key provider in the listing, with its last probe (``null`` before the first)."""
+
+    health: ProviderHealthPublic | None = None
+
+
+class HostHealthPublic(BaseModel):
+    """A host as the host monitor last probed it: counts only, never key IDs."""
+
+    connected: bool
+    keks: int | None = Field(default=None, description="KEKs cached in the host's memory")
+    native_providers: int | None = None
+    vms: int | None = None
+    jobs_running: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    checked_at: datetime
+
+
+class HostDetailPublic(HostPublic):
+    """One host with its last health probe (``null`` before the first, or no monitor)."""
+
+    health: HostHealthPublic | None = None

@@ -5,6 +5,15 @@ provider's 256-bit primary key is generated here by
 :class:`~vmcrypt.providers.NativeKeyProvider` and stored only **sealed** under the
 control plane's master key; no response, event or log line carries it — except the
 password-protected ``.p12`` backup, which exists to carry it.
+
+Health (``GET …/{id}/health``, and ``health`` in the listing) is read from the health
+board the provider monitor writes (:mod:`vmcrypt.control.provider_monitor`), never
+probed by the request: a dead key server must not make the listing hang.
+
+A native provider without a backup is the seeds' "native key provider not backed up"
+alarm: creating one appends a ``native.not.backed.up`` warning, acknowledging the risk
+appends another saying it was accepted (and by whom), and a backup appends
+``native.backed.up``, which clears it.
 """
 
 from __future__ import annotations
@@ -18,19 +27,29 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from vmcrypt.control.api.deps import AuditedRoute, SessionDep, requires
+from vmcrypt.control.api.deps import AuditedRoute, CurrentUser, SessionDep, requires
 from vmcrypt.control.api.schemas import (
     BackupInfoPublic,
     BackupRequest,
+    KeyProviderHealthPublic,
     KeyProviderPublic,
+    KeyProviderWithHealthPublic,
     NativeProviderCreate,
+    ProviderHealthPublic,
     RestoreRequest,
+    ServerHealthPublic,
     StandardProviderCreate,
 )
-from vmcrypt.control.db.models import Host, KeyProvider, ProviderKind
-from vmcrypt.control.db.repo import add_kms_server, create_key_provider, set_default_provider
+from vmcrypt.control.db.models import Host, KeyProvider, ProviderKind, Severity
+from vmcrypt.control.db.repo import (
+    add_kms_server,
+    append_event,
+    create_key_provider,
+    set_default_provider,
+)
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict
+from vmcrypt.control.health import HealthBoard
 from vmcrypt.control.privileges import CRYPTO_MANAGE_KEY_SERVERS, SYSTEM_READ
 from vmcrypt.control.services.keys import (
     HostConnector,
@@ -39,6 +58,7 @@ from vmcrypt.control.services.keys import (
 )
 from vmcrypt.exceptions import UsageError
 from vmcrypt.providers import NativeKeyProvider
+from vmcrypt.providers.exceptions import NotBackedUp
 
 __all__ = ["router"]
 
@@ -63,6 +83,46 @@ def _host_connector(request: Request) -> HostConnector | None:
 
 
 MaybeHosts = Annotated[HostConnector | None, Depends(_host_connector)]
+
+
+def _board(request: Request) -> HealthBoard:
+    """The health board the monitors write (``create_app`` always sets one)."""
+    board: HealthBoard = request.app.state.health
+    return board
+
+
+Board = Annotated[HealthBoard, Depends(_board)]
+
+
+def _health(board: HealthBoard, name: str) -> ProviderHealthPublic:
+    """The provider's last probe from the board; ``unknown`` before the first."""
+    found = board.provider(name)
+    if found is None:
+        return ProviderHealthPublic(state="unknown")
+    health, checked_at = found
+    return ProviderHealthPublic(
+        state=health.state, checked_at=checked_at, warnings=list(health.warnings),
+        servers=[ServerHealthPublic(
+            address=s.address, reachable=s.reachable, tls_ok=s.tls_ok,
+            latency_ms=s.latency_ms, version=s.version, error=s.error,
+            certificate_expires_at=s.certificate_expires_at,
+        ) for s in health.servers])
+
+
+def _not_backed_up_event(session: Session, row: KeyProvider, *, accepted_by: str | None) -> None:
+    """The seeds' "native key provider not backed up" alarm, or its acknowledgement."""
+    if accepted_by is None:
+        message = (f"native key provider {row.name!r} is not backed up: back it up "
+                   "(POST /key-providers/{id}/backup) or acknowledge the risk; it cannot "
+                   "be used until then")
+    else:
+        message = (f"native key provider {row.name!r} is not backed up; {accepted_by} "
+                   "accepted the risk, so it may be used: losing the control plane's "
+                   "database or master key now loses its VMs' keys")
+    append_event(session, type=NotBackedUp.event, severity=Severity.WARNING,
+                 object_type="key_provider", object_id=row.id, user_name=accepted_by,
+                 message=message,
+                 details={"provider": row.name, "acknowledged": accepted_by is not None})
 
 
 def _push_if_usable(session: Session, hosts: HostConnector | None, row: KeyProvider,
@@ -100,20 +160,34 @@ def create_native(
     """Add a native provider: a fresh primary key, stored sealed under the master key.
 
     Like vSphere's, it is unusable until backed up (``POST …/backup``) or until the
-    administrator acknowledges the risk.
+    administrator acknowledges the risk; until then a ``native.not.backed.up`` warning
+    stands in the event log.
     """
     native = NativeKeyProvider.create(body.name, sealing_key=sealing_key)
-    return KeyProviderPublic.model_validate(
-        _store_native(session, native, is_default=body.is_default)
-    )
+    row = _store_native(session, native, is_default=body.is_default)
+    if not native.backed_up:
+        _not_backed_up_event(session, row, accepted_by=None)
+    return KeyProviderPublic.model_validate(row)
 
 
 @router.get("", dependencies=[requires(SYSTEM_READ)])
-def list_all(session: SessionDep) -> list[KeyProviderPublic]:
-    """Every key provider with its KMS servers, oldest first."""
+def list_all(session: SessionDep, board: Board) -> list[KeyProviderWithHealthPublic]:
+    """Every key provider with its KMS servers and last health probe, oldest first."""
     query = select(KeyProvider).options(selectinload(KeyProvider.kms_servers))
     rows = session.scalars(query.order_by(KeyProvider.id))
-    return [KeyProviderPublic.model_validate(row) for row in rows]
+    return [KeyProviderWithHealthPublic.model_validate(row).model_copy(
+        update={"health": _health(board, row.name)}) for row in rows]
+
+
+@router.get("/{provider_id}/health", dependencies=[requires(SYSTEM_READ)])
+def health(provider_id: int, session: SessionDep, board: Board) -> KeyProviderHealthPublic:
+    """The provider's last probe: state, each KMS server's reachability, latency,
+    certificate expiry and error, and when it was checked (``unknown`` before the first
+    probe, which comes within one ``--provider-check-interval``)."""
+    row = fetch(session, KeyProvider, provider_id)
+    found = _health(board, row.name)
+    return KeyProviderHealthPublic(provider_id=row.id, name=row.name, kind=row.kind,
+                                   **found.model_dump())
 
 
 @router.get("/{provider_id}", dependencies=[requires(SYSTEM_READ)])
@@ -167,8 +241,14 @@ def backup(
     row = fetch(session, KeyProvider, provider_id)
     native = _load_native(row, sealing_key)
     data = native.export_backup(body.password)
-    row.backed_up = native.backed_up
+    was_backed_up, row.backed_up = row.backed_up, native.backed_up
     session.flush()
+    if not was_backed_up:
+        append_event(session, type="native.backed.up", severity=Severity.INFO,
+                     object_type="key_provider", object_id=row.id,
+                     message=f"native key provider {row.name!r} was backed up: the "
+                             "not-backed-up alarm is cleared",
+                     details={"provider": row.name})
     _push_if_usable(session, hosts, row, native, sealing_key)
     return Response(
         content=data, media_type=_P12,
@@ -178,7 +258,8 @@ def backup(
 
 @router.post("/{provider_id}/acknowledge-no-backup", dependencies=[_MANAGE])
 def acknowledge_no_backup(
-    provider_id: int, session: SessionDep, sealing_key: MasterKey, hosts: MaybeHosts
+    provider_id: int, session: SessionDep, sealing_key: MasterKey, hosts: MaybeHosts,
+    user: CurrentUser,
 ) -> KeyProviderPublic:
     """Accept the risk of a native provider without backup, so it may be used.
 
@@ -188,8 +269,11 @@ def acknowledge_no_backup(
     row = fetch(session, KeyProvider, provider_id)
     native = _load_native(row, sealing_key)
     native.acknowledge_no_backup()
-    row.backup_acknowledged = native.backup_acknowledged
+    was_acknowledged, row.backup_acknowledged = (row.backup_acknowledged,
+                                                 native.backup_acknowledged)
     session.flush()
+    if not was_acknowledged and not row.backed_up:
+        _not_backed_up_event(session, row, accepted_by=user.user_name)
     _push_if_usable(session, hosts, row, native, sealing_key)
     return KeyProviderPublic.model_validate(row)
 
