@@ -228,11 +228,16 @@ class ProviderMonitor:
 
 def _changed_servers(before: ProviderHealth | None,
                      now: ProviderHealth) -> list[tuple[ServerHealth | None, ServerHealth]]:
-    """Servers whose reachability differs from the last probe (or new and down)."""
-    known = {s.address: s for s in before.servers} if before is not None else {}
+    """Servers whose reachability differs from the last probe (or new and down).
+
+    A server is matched by address, else by its place in the failover order (an
+    operator who edits a server's address still has "the first server").
+    """
+    earlier = before.servers if before is not None else ()
+    known = {s.address: s for s in earlier}
     changed = []
-    for server in now.servers:
-        was = known.get(server.address)
+    for index, server in enumerate(now.servers):
+        was = known.get(server.address) or (earlier[index] if index < len(earlier) else None)
         up = server.error is None
         if (was is None and not up) or (was is not None and (was.error is None) != up):
             changed.append((was, server))
