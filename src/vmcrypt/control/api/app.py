@@ -13,9 +13,10 @@ from typing import Final
 from fastapi import FastAPI
 
 from vmcrypt.control.api.errors import install_error_handlers
-from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, vms
+from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, sessions, vms
 from vmcrypt.control.db.engine import Database
 from vmcrypt.control.health import HealthBoard
+from vmcrypt.control.metrics import Metrics, OperationsMiddleware
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
 from vmcrypt.exceptions import UsageError
@@ -35,7 +36,7 @@ def create_app(
     now; the settings of ``vmcrypt control serve`` will load it from its key file.
     ``hosts`` reaches host agents; without it the VM routes (which need hosts) are
     not mounted. ``health`` is the board the monitors write (a fresh one if None), read
-    by the health routes, the web UI and ``/metrics``.
+    by the health routes, the web UI (``/ui``) and ``/metrics``.
     """
     if len(master_key) != AEAD_KEY_SIZE:
         raise UsageError(f"the control plane master key is {AEAD_KEY_SIZE} bytes")
@@ -53,9 +54,23 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(enrolment.router, prefix=API_PREFIX)
+    app.include_router(sessions.router, prefix=API_PREFIX)
+    app.router.routes.append(sessions.login_route)  # a password, not a token: see sessions.py
+    _add_ui_and_metrics(app, database, app.state.health)
     if hosts is not None:
         app.state.hosts = hosts
         for vm_router in vms.ROUTERS:
             app.include_router(vm_router, prefix=API_PREFIX)
         app.include_router(jobs.router, prefix=API_PREFIX)
     return app
+
+
+def _add_ui_and_metrics(app: FastAPI, database: Database, health: HealthBoard) -> None:
+    """``/ui`` (the web UI, its own mounted app) and ``/metrics`` (Prometheus)."""
+    from vmcrypt.control.ui import create_ui  # Jinja2 loads only with the app
+
+    metrics = Metrics(database, health)
+    app.state.metrics = metrics
+    app.add_middleware(OperationsMiddleware, metrics=metrics)
+    app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
+    app.mount("/ui", create_ui(database, health), name="ui")

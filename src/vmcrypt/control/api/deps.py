@@ -14,6 +14,15 @@ Every route of the control plane API is an :class:`AuditedRoute`. For each reque
 
 Handlers never check privileges and never write audit events themselves; a route
 without :func:`requires` is a bug a test looks for.
+
+The web UI authenticates with the same API tokens, carried in the HttpOnly, Secure,
+SameSite=Strict cookie :data:`SESSION_COOKIE` that ``POST /api/v1/sessions`` sets. An
+``Authorization`` header wins over the cookie. Against cross-site request forgery a
+state-changing request authenticated by the cookie must also carry the header
+``HX-Request`` (htmx sends it; the UI's own fetches set it): a cross-site form cannot
+set a header, and a cross-site script that tries needs a CORS preflight the API never
+grants. SameSite=Strict alone would keep the cookie off cross-site requests already;
+the header is a second, independent lock.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from vmcrypt.control.exceptions import AuthenticationFailed, PermissionDenied
 
 __all__ = [
     "AUDIT_EVENT_TYPE",
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
     "AuditedRoute",
     "CurrentUser",
     "SessionDep",
@@ -48,6 +59,10 @@ __all__ = [
 AUDIT_EVENT_TYPE: Final = "audit"
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _API_PREFIX: Final = "/api/v1/"
+#: The web UI's cookie: an API token from ``POST /api/v1/sessions``.
+SESSION_COOKIE: Final = "vmcrypt_session"
+#: The header a cookie-authenticated write must carry (see the module docstring).
+CSRF_HEADER: Final = "HX-Request"
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Bearer vmct_…`")
 
 
@@ -65,10 +80,19 @@ def current_user(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller named by the ``Authorization: Bearer`` token, or 401."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise AuthenticationFailed
-    principal = authenticate_token(session, token=credentials.credentials)
+    """The caller named by the ``Authorization: Bearer`` token (else the session cookie), or 401."""
+    if credentials is not None:
+        if credentials.scheme.lower() != "bearer":
+            raise AuthenticationFailed
+        token = credentials.credentials
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is None:
+            raise AuthenticationFailed
+        if request.method not in _SAFE_METHODS and CSRF_HEADER not in request.headers:
+            raise AuthenticationFailed  # a cookie alone never authorises a write (CSRF)
+        token = cookie
+    principal = authenticate_token(session, token=token)
     request.state.principal = principal  # for the audit event, written by the pipeline
     return principal
 

@@ -53,6 +53,13 @@ from vmcrypt.control.db.repo.keys import (
     record_encryption,
     set_default_provider,
 )
+from vmcrypt.control.db.repo.passwords import (
+    generate_password,
+    hash_password,
+    login,
+    set_password,
+    verify_password,
+)
 
 __all__ = [
     "IssuedToken",
@@ -75,12 +82,15 @@ __all__ = [
     "encryption_records",
     "enroll_host",
     "finish_job",
+    "generate_password",
     "has_privilege",
+    "hash_password",
     "issue_token",
     "key_ids_for_host",
     "list_events",
     "list_jobs",
     "list_vms",
+    "login",
     "privileges_of",
     "record_encryption",
     "report_progress",
@@ -90,6 +100,8 @@ __all__ = [
     "set_connection_state",
     "set_default_provider",
     "set_lock_state",
+    "set_password",
     "set_registration",
     "sync_builtin_roles",
+    "verify_password",
 ]

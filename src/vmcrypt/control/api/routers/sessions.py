@@ -1,0 +1,158 @@
+"""Web sessions: log in with a password, log out, and set a user's password.
+
+``POST /api/v1/sessions`` ``{name, password}`` checks the password (salted scrypt,
+:mod:`vmcrypt.control.db.repo.passwords`) and answers a short-lived API token — in the
+body for scripts, and in the HttpOnly, Secure, SameSite=Strict cookie
+:data:`~vmcrypt.control.api.deps.SESSION_COOKIE` for the web UI. Every failure is one
+opaque 401. Its credential is the password in the body, so — like host enrolment — it
+takes no bearer token; unlike enrolment it is a plain route (:data:`login_route`) outside
+the privilege table of ``tests/control/api/routes.py``, whose seeded users have no
+password: it writes its own audit event (``sessions.login``, the user name, the result;
+never the password) and has its own tests (``tests/control/test_passwords.py``).
+
+``DELETE /api/v1/sessions/current`` ends the caller's web session: a token made by a
+login is revoked and the cookie cleared; a long-lived API token is left alone (revoke
+those through ``/users``). ``PUT /api/v1/users/{id}/password`` sets a password
+(``Authorization.ModifyPermissions``, as issuing tokens is).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from vmcrypt.control.api.deps import (
+    SESSION_COOKIE,
+    AuditedRoute,
+    CurrentUser,
+    SessionDep,
+    requires,
+)
+from vmcrypt.control.db.engine import Database
+from vmcrypt.control.db.models import ApiToken, Severity, User
+from vmcrypt.control.db.models.base import now
+from vmcrypt.control.db.repo import append_event, login, set_password
+from vmcrypt.control.db.repo.access import token_digest
+from vmcrypt.control.db.repo.passwords import LOGIN_LABEL, MIN_PASSWORD_LENGTH, SESSION_TTL
+from vmcrypt.control.exceptions import AuthenticationFailed
+from vmcrypt.control.privileges import AUTHORIZATION_MODIFY_PERMISSIONS, SYSTEM_ANONYMOUS
+
+__all__ = ["PasswordSet", "SessionCreate", "SessionEnded", "login_route", "router"]
+
+_PATH: Final = "/api/v1/sessions"
+
+router = APIRouter(tags=["sessions"], route_class=AuditedRoute)
+
+
+class SessionCreate(BaseModel):
+    """A user name and password."""
+
+    name: str = Field(min_length=1, max_length=255)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SessionEnded(BaseModel):
+    """A logout's answer: the session's token ID and whether it was revoked."""
+
+    id: int
+    revoked: bool
+
+
+class PasswordSet(BaseModel):
+    """A new password (at least 12 characters)."""
+
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
+
+
+def _set_cookie(response: Response, token: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=int(SESSION_TTL.total_seconds()), path="/",
+        httponly=True, secure=True, samesite="strict",
+    )
+
+
+def _login(database: Database, body: SessionCreate) -> dict[str, object]:
+    failed = False
+    result: dict[str, object] = {}
+    with database.transaction() as session:
+        try:
+            issued = login(session, name=body.name, password=body.password)
+            row = session.get(ApiToken, issued.token_id)
+            user = session.scalar(select(User).where(User.name == body.name))
+            assert row is not None and user is not None
+            result = {"token": issued.token, "expires_at": row.expires_at.isoformat()
+                      if row.expires_at else None, "user": user.name, "role": user.role.name}
+        except AuthenticationFailed:
+            failed = True
+    # The attempt is audited either way, in its own transaction (the token row above
+    # is committed only on success).
+    with database.transaction() as session:
+        append_event(
+            session, type="audit", severity=Severity.WARNING if failed else Severity.INFO,
+            object_type="sessions", user_name=None if failed else body.name,
+            message=f"sessions.login {'failed' if failed else 'succeeded'} for {body.name!r}",
+            details={"operation": "sessions.login", "method": "POST", "path": _PATH,
+                     "status": 401 if failed else 201,
+                     "result": "failed" if failed else "succeeded"},
+        )
+    if failed:
+        raise AuthenticationFailed
+    return result
+
+
+async def _login_endpoint(request: Request) -> Response:
+    """``POST /api/v1/sessions``: a password in, a short-lived token out (body and cookie)."""
+    try:
+        body = SessionCreate.model_validate_json(await request.body())
+    except ValidationError:
+        return JSONResponse({"error": "validation_failed",
+                             "message": "send {\"name\": …, \"password\": …}"}, status_code=422)
+    database: Database = request.app.state.database
+    try:
+        result = await run_in_threadpool(_login, database, body)
+    except AuthenticationFailed:
+        return JSONResponse({"error": "authentication_failed",
+                             "message": "wrong user name or password"}, status_code=401)
+    response = JSONResponse(result, status_code=201)
+    _set_cookie(response, str(result["token"]))
+    return response
+
+
+#: Mounted by :func:`vmcrypt.control.api.app.create_app` beside the routers.
+login_route = Route(_PATH, _login_endpoint, methods=["POST"], name="sessions.login")
+
+
+@router.delete("/sessions/current", dependencies=[requires(SYSTEM_ANONYMOUS)])
+def logout(request: Request, response: Response, session: SessionDep,
+           principal: CurrentUser) -> SessionEnded:
+    """End this web session: revoke a login's token and clear the cookie.
+
+    Answers the token's ID (the session's, for the audit event) and whether it was
+    revoked: a long-lived API token is not.
+    """
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(
+        SESSION_COOKIE, "")
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == token_digest(token)))
+    if row is None or row.user_id != principal.user_id:  # authenticated just now: cannot be
+        raise AuthenticationFailed
+    revoked = row.label == LOGIN_LABEL
+    if revoked:
+        row.revoked_at = now()
+        session.flush()
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
+                           samesite="strict")
+    return SessionEnded(id=row.id, revoked=revoked)
+
+
+@router.put("/users/{user_id}/password", status_code=204,
+            dependencies=[requires(AUTHORIZATION_MODIFY_PERMISSIONS)])
+def put_password(user_id: int, body: PasswordSet, session: SessionDep) -> None:
+    """Set a user's password for web logins; only its salted scrypt hash is kept."""
+    set_password(session, user_id=user_id, password=body.password)
