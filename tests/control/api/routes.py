@@ -169,6 +169,8 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", "/vms/register", {p.VM_REGISTER, p.CRYPTO_REGISTER_VM}, 201,
        lambda ids: {"datastore_id": ids["datastore"], "instance_uuid": ids["found_uuid"],
                     "host_id": ids["host"]}),
+    # Health from the monitors' board (tests/control/api/test_health.py).
+    _r("GET", "/key-providers/{standard}/health", READ, 200),
     # Web sessions (sessions.py): logout, and setting a password. POST /sessions (log in)
     # is a plain route outside this table — its credential is a password, which no seeded
     # user has; tests/control/test_passwords.py covers it.
