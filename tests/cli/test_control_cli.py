@@ -418,3 +418,48 @@ def test_token_never_printed(control: Control) -> None:
     secret = control.token.encode()
     for run in control.cli.runs:
         assert secret not in run.stdout and secret not in run.stderr, run.args
+
+
+def test_vm_register(control: Control) -> None:
+    """Unregister, then register again (keys back on the host); register a VM found on the
+    datastore by its instance UUID; refusals are one line each."""
+    from vmcrypt.host.keycache import KeyCache
+    from vmcrypt.host.vm import create_vm
+
+    _ensure_inventory(control)
+    if "native-reg" not in [p["name"] for p in control.ok("policy", "ls", "--json").json]:
+        control.ok("policy", "create", "native-reg", "--provider", "nkp")
+    control.ok("vm", "create", "reg1", "--host", "esx1", "--datastore", "shared1",
+               "--disk", "1M", "--policy", "native-reg")
+    data = os.urandom(5000)
+    source = control.tmp / "reg.bin"
+    source.write_bytes(data)
+    control.ok("vm", "disk", "write", "reg1", "0", source)
+    control.ok("vm", "unregister", "reg1")
+    back = control.ok("vm", "register", "reg1", "--host", "esx1", "--json").json
+    assert back["registered"] and not back["locked"] and back["encrypted"]
+    control.ok("vm", "unregister", "reg1")
+    said = control.ok("vm", "register", "reg1", "--host", "esx1").stdout.decode()
+    assert "registered reg1 with esx1" in said
+    assert control.ok("vm", "disk", "read", "reg1", "0", "--length",
+                      str(len(data))).stdout == data
+
+    found = create_vm(Datastore(control.tmp / "ds"), KeyCache(), name="elsewhere",
+                      disk_sizes=[1 << 20]).instance_uuid
+    parallel(
+        lambda: control.fails("vm", "register", "reg1", "--host", "esx1",
+                              code="Conflict", phrase="already registered"),
+        lambda: control.fails("vm", "register", "--uuid", found, "--host", "esx1",
+                              code="UsageError", phrase="--datastore"),
+        lambda: control.fails("vm", "register", "--datastore", "shared1", "--uuid",
+                              str(uuid.uuid4()), "--host", "esx1",
+                              code="NotFound", phrase="no vm"),
+    )
+    made = control.ok("vm", "register", "--datastore", "shared1", "--uuid", found,
+                      "--host", "esx1", "--name", "found1", "--json").json
+    assert made["name"] == "found1" and made["instance_uuid"] == found
+    assert not made["encrypted"] and made["registered"]
+    events = control.ok("events", "--type", "crypto.register", "--json").json
+    assert {e["details"]["vm"] for e in events} >= {"reg1", "found1"}
+    control.ok("vm", "rm", "found1")
+    control.ok("vm", "rm", "reg1")

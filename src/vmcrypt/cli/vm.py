@@ -143,6 +143,61 @@ def unregister(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
           as_json=as_json, done=f"unregistered {name}; its keys left every host")
 
 
+@vm_app.command("register")
+def register(
+    name: Annotated[str | None, typer.Argument(
+        help="A known, unregistered VM (name or ID); omit it with --datastore/--uuid.")] = None,
+    host: Annotated[str, typer.Option("--host", help="The host (of the VM's datastore) to "
+                                      "register it with.")] = "",
+    datastore: Annotated[str | None, typer.Option(
+        "--datastore", help="Register a VM found on this datastore (with --uuid).")] = None,
+    instance_uuid: Annotated[str | None, typer.Option(
+        "--uuid", help="The instance UUID of the VM folder on --datastore.")] = None,
+    new_name: Annotated[str | None, typer.Option(
+        "--name", help="With --datastore: the name to record (default: the VM's own).")] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Register a VM with a host: its KEKs, fetched by key ID, go to every host of the cluster.
+
+    A key that cannot be had leaves the VM registered but locked (see `vm unlock`).
+    Examples: vmcrypt vm register web1 --host esx2;
+    vmcrypt vm register --datastore shared1 --uuid 4c1e… --host esx1 --name web9
+    """
+    found = datastore is not None or instance_uuid is not None
+    if not host:
+        raise UsageError("give --host: the host to register the VM with")
+    if found and (name is not None or datastore is None or instance_uuid is None):
+        raise UsageError("give either a VM name, or --datastore and --uuid (not both)")
+    if not found and name is None:
+        raise UsageError("give the VM's name, or --datastore and --uuid for a VM found there")
+    if new_name is not None and not found:
+        raise UsageError("--name is for a VM found on a datastore (with --datastore/--uuid)")
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        host_id = resolve_id(api, "/hosts", host, what="host")
+        if found:
+            assert datastore is not None
+            body: dict[str, Any] = {
+                "datastore_id": resolve_id(api, "/datastores", datastore, what="datastore"),
+                "instance_uuid": instance_uuid, "host_id": host_id}
+            if new_name is not None:
+                body["name"] = new_name
+            vm = api.post("/vms/register", body)
+        else:
+            assert name is not None
+            vm = api.post(f"/vms/{resolve_id(api, '/vms', name, what='vm')}/register",
+                          {"host_id": host_id})
+    if as_json:
+        print_json(vm)
+    elif vm["locked"]:
+        out.print(f"registered {vm['name']} with {host}, but it is locked "
+                  f"({vm['lock_reason']}): see `vmcrypt events`, then `vmcrypt vm unlock "
+                  f"{vm['name']}`", highlight=False, markup=False)
+    else:
+        out.print(f"registered {vm['name']} with {host}; its keys are on every host of "
+                  "the cluster", highlight=False, markup=False)
+
+
 @vm_app.command("unlock")
 def unlock(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
            token_file: TokenFileOpt = None, ca: CaOpt = None, as_json: JsonOpt = False) -> None:
