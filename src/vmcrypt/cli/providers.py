@@ -28,7 +28,7 @@ from vmcrypt.cli.api_client import (
     post_named_action,
     resolve_id,
 )
-from vmcrypt.cli.inventory import emit
+from vmcrypt.cli.inventory import emit, print_rows
 from vmcrypt.cli.keyfiles import write_secret_file
 from vmcrypt.cli.output import out, print_json, print_record
 from vmcrypt.exceptions import UsageError
@@ -171,6 +171,37 @@ def info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
         provider_id = resolve_id(api, "/key-providers", name, what="key provider")
         record = api.get(f"/key-providers/{provider_id}")
     emit(as_json, record if as_json else _summary(record), title=f"key provider {name}")
+
+
+@kp_app.command("health")
+def health(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+           token_file: TokenFileOpt = None, ca: CaOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Show a provider's health as last probed: state, and each KMS server's
+    reachability, latency, certificate expiry and error.
+
+    The control plane probes every provider in the background (``--provider-check-
+    interval``); this reads the last result, so it answers at once even when a key
+    server hangs. ``unknown`` means no probe has finished yet.
+
+    Example: vmcrypt kp health corp --json | jq '.servers[] | select(.reachable | not)'
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        provider_id = resolve_id(api, "/key-providers", name, what="key provider")
+        record = api.get(f"/key-providers/{provider_id}/health")
+    if as_json:
+        print_json(record)
+        return
+    print_record(f"key provider {name}", {
+        "state": record["state"], "kind": record["kind"],
+        "checked at": record["checked_at"] or "not yet",
+        "warnings": "; ".join(record["warnings"]) or None})
+    if record["servers"]:
+        print_rows("key servers", [{
+            "address": s["address"], "reachable": s["reachable"], "tls": s["tls_ok"],
+            "latency ms": s["latency_ms"], "certificate expires": s["certificate_expires_at"],
+            "error": s["error"]} for s in record["servers"]],
+            ["address", "reachable", "tls", "latency ms", "certificate expires", "error"])
 
 
 def _action(name: str, action: str, *, url: str, token: str | None, token_file: Path | None,
