@@ -75,8 +75,8 @@ def _kp_health_cli(running: System, name: str) -> dict[str, Any]:
 
 def test_native_vms_work_with_the_control_plane_down(system: System) -> None:  # noqa: F811
     ids = _setup(system)
-    api = system.api
-    assert api is not None
+    assert system.api is not None
+    api: Api = system.api
     _wait("both hosts enrolled and connected", lambda: _hosts_connected(api))
 
     # 1. A native provider: not backed up (alarm), risk accepted (event), pushed.
@@ -89,8 +89,10 @@ def test_native_vms_work_with_the_control_plane_down(system: System) -> None:  #
                 if e["object_id"] == str(native["id"])]
     assert len(accepted) == 2 and "accepted the risk" in accepted[0]["message"]
     for name in ("esx-1", "esx-2"):
-        _wait(f"{name} to hold the native primary key (health board)",
-              lambda name=name: (_host_health(api, ids[name]) or {}).get("native_providers"))
+        def pushed(host_id: int = ids[name]) -> int | None:
+            return (_host_health(api, host_id) or {}).get("native_providers")
+
+        _wait(f"{name} to hold the native primary key (health board)", pushed)
     board = _host_health(api, ids["esx-1"])
     assert board is not None and board["connected"] and board["checked_at"]
 

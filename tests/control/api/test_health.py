@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,7 +57,7 @@ def monitor(database: Database, master_key: bytes, board: HealthBoard) -> Provid
                            timeout=2.0)
 
 
-def _events(database: Database, type: str) -> list[tuple[Severity, str, dict]]:
+def _events(database: Database, type: str) -> list[tuple[Severity, str, dict[str, Any]]]:
     with database.transaction() as session:
         return [(e.severity, e.message, dict(e.details or {}))
                 for e in reversed(list_events(session, type=type, limit=100))]
