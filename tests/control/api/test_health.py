@@ -9,6 +9,7 @@ pointing the stored KMS server at a closed port, then back.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -195,3 +196,29 @@ async def test_health_needs_system_read(
     assert (await control.get(f"{API}/key-providers/{pid}/health")).status_code == 401
     missing = await control.get(f"{API}/key-providers/999999/health", headers=admin)
     assert missing.status_code == 404
+
+
+async def test_a_hung_key_server_costs_one_short_timeout(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    database: Database, board: HealthBoard, master_key: bytes,
+) -> None:
+    """A KMS that accepts TCP and never speaks TLS: the pass ends within the timeout."""
+    admin = auth(tokens["admin"])
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        client = pki.clients["admin"]
+        created = await control.post(f"{API}/key-providers/standard", headers=admin, json={
+            "name": "hung", "kms_servers": [{
+                "name": "kms1", "address": "127.0.0.1", "port": hung.getsockname()[1],
+                "ca_pem": pki.ca.cert.read_text(), "client_cert_pem": client.cert.read_text(),
+                "client_key_path": str(client.key)}]})
+        assert created.status_code == 201, created.text
+        monitor = ProviderMonitor(database, sealing_key=master_key, health=board,
+                                  interval=60, timeout=0.3)
+        started = time.monotonic()
+        [check] = monitor.check_once()
+        assert time.monotonic() - started < 5
+    assert check.state == "unreachable" and check.changed
+    [(severity, message, _details)] = _events(database, "kp.health.changed")
+    assert severity is Severity.ERROR and "timed out" in message
