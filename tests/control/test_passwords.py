@@ -200,3 +200,26 @@ async def test_setting_a_password(client: httpx.AsyncClient, users: dict[str, st
     refused = await client.put(path, json={"password": new + "!"},
                                headers={"HX-Request": "true"})
     assert refused.status_code == 403
+
+
+# -- the CLI: vmcrypt user passwd -----------------------------------------------------------
+
+from tests.cli.test_control_cli import Control  # noqa: E402
+from tests.cli.test_control_cli import control as cli_control  # noqa: E402, F401
+
+
+def test_cli_user_passwd(cli_control: Control) -> None:  # noqa: F811
+    control = cli_control
+    control.ok("user", "create", "web-user", "--role", "Read-only")
+    run = control.cli.run("user", "passwd", "web-user", "--password-stdin", "--url",
+                          control.url, "--token-file", control.token_file,
+                          stdin=b"a long enough password\n")
+    assert run.returncode == 0, run.err
+    assert "a long enough password" not in run.stdout.decode() + run.err
+    with httpx.Client(base_url=control.url) as client:
+        ok = client.post(f"{API}/sessions",
+                         json={"name": "web-user", "password": "a long enough password"})
+        assert ok.status_code == 201
+    short = control.cli.run("user", "passwd", "web-user", "--password-stdin", "--url",
+                            control.url, "--token-file", control.token_file, stdin=b"short\n")
+    assert short.returncode != 0 and "password" in short.err

@@ -262,6 +262,36 @@ def user_ls(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
     emit(as_json, rows, title="users", columns=["id", "name", "role", "disabled"])
 
 
+@user_app.command("passwd")
+def user_passwd(
+    name: Annotated[str, typer.Argument(help="The user (name or ID).")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin "
+                           "(one line) instead of asking twice.")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Set a user's password for the web UI (at least 12 characters).
+
+    Asked for twice without echo, or read from stdin for scripts; never an argument,
+    which would leave it in the shell history and the process list. The control plane
+    keeps only a salted scrypt hash.
+
+    Example: vmcrypt user passwd auditor
+    """
+    import sys
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("New password", hide_input=True,
+                                confirmation_prompt=True)
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        user_id = resolve_id(api, "/users", name, what="user")
+        api.request("PUT", f"/users/{user_id}/password", json={"password": password})
+    out.print(f"password of {escape(name)} set")
+
+
 @token_app.command("issue")
 def token_issue(
     user: Annotated[str, typer.Argument(help="The user the token acts as (name or ID).")],
