@@ -64,12 +64,31 @@ def _state(event: dict[str, Any]) -> dict[str, list[Any]]:
                       verify=ssl.create_default_context(cafile=event["ca"])) as client:
         state = {}
         for resource in ("clusters", "hosts", "datastores", "key-providers",
-                         "storage-policies"):
+                         "storage-policies", "vms"):
             response = client.get(f"/{resource}")
             assert response.status_code == 200, response.text
             state[resource] = response.json()
+        for provider in state["key-providers"]:
+            provider.pop("health", None)  # the monitor's latest probe: changes by the second
         assert client.get(event["docs"].removeprefix(event["api"])).status_code == 200
     return state
+
+
+def _log_in(event: dict[str, Any], password: str) -> None:
+    """The printed credentials open the web UI; its pages and /metrics answer."""
+    base = event["ui"].removesuffix("/ui/")
+    with httpx.Client(base_url=base,
+                      verify=ssl.create_default_context(cafile=event["ca"])) as client:
+        assert client.get("/ui/").headers.get("location") == "/ui/login"
+        login = client.post("/api/v1/sessions",
+                            json={"name": event["admin_user"], "password": password})
+        assert login.status_code == 201, login.text
+        for page in ("/ui/", "/ui/key-providers", "/ui/events"):
+            response = client.get(page)
+            assert response.status_code == 200, page
+        assert "demo-vm" in client.get("/ui/").text
+        metrics = client.get("/metrics").text
+        assert "vmcrypt_vms_locked 0.0" in metrics
 
 
 def _stop(process: subprocess.Popen[str], event: dict[str, Any]) -> None:
@@ -90,6 +109,7 @@ def test_up_starts_registers_stops_and_restarts_with_its_state(tmp_path: Path) -
     try:
         assert set(event["children"]) == {"kms", "control", "esx-1", "esx-2", "esx-3"}
         state = _state(event)
+        _log_in(event, event["admin_password"])
     finally:
         _stop(process, event)
     hosts = {h["name"]: h for h in state["hosts"]}
@@ -105,6 +125,17 @@ def test_up_starts_registers_stops_and_restarts_with_its_state(tmp_path: Path) -
     assert providers["native-1"]["backup_acknowledged"]
     assert [p["encryption"] for p in state["storage-policies"]] == [True]
     assert len(state["datastores"]) == 2
+    # The demo: one encrypted VM (home and its disk, standard provider) with a vTPM.
+    [demo] = state["vms"]
+    assert demo["name"] == "demo-vm" and demo["vtpm"] and not demo["locked"]
+    assert demo["encrypted"] and [d["encrypted"] for d in demo["disks"]] == [True]
+    assert set(demo["key_ids"]) == {"home", "disk-0"} and all(demo["key_ids"].values())
+    # The Administrator's web password: printed on the first start only, kept 0600.
+    password = event["admin_password"]
+    assert event["admin_user"] == "administrator" and len(password) >= 16
+    password_file = Path(event["admin_password_file"])
+    assert password_file.read_text().strip() == password
+    assert password_file.stat().st_mode & 0o077 == 0
     for name in ("esx-1", "esx-2", "esx-3"):
         key = data / "hosts" / name / "pki" / "host.key"
         assert key.stat().st_mode & 0o077 == 0
@@ -112,7 +143,9 @@ def test_up_starts_registers_stops_and_restarts_with_its_state(tmp_path: Path) -
     process, again = _run_up(data)
     try:
         assert again["api"] == event["api"]  # the port is remembered
+        assert again["admin_password"] is None  # printed once; the same one still works
         state_again = _state(again)
+        _log_in(again, password)
     finally:
         _stop(process, again)
     assert state_again == state

@@ -7,6 +7,10 @@ inventory, the key providers and a default encryption policy are registered thro
 the control plane's REST API with the Administrator's token — the same calls an
 operator makes, so ``up`` exercises the product rather than a shortcut around it.
 
+It opens with a small demo — an encrypted VM with a vTPM (``demo-vm``) — and gives the
+Administrator a password for the web UI (``/ui``) on the first start: generated, set
+through the API, printed once and kept in ``DIR/control/admin.password`` (0600).
+
 Registration is idempotent (everything is looked up by name first) and the ports are
 remembered in ``DIR/up.json``, so a second ``vmcrypt up`` on the same folder restarts
 the same system with its state. Ctrl-C or SIGTERM stops every child (SIGTERM, then
@@ -47,6 +51,9 @@ STANDALONE_HOST: Final = "esx-3"
 STANDARD_PROVIDER: Final = "embedded-kms"
 NATIVE_PROVIDER: Final = "native-1"
 POLICY: Final = "vm-encryption"
+DEMO_VM: Final = "demo-vm"  # the seeded demo: an encrypted VM with a vTPM on esx-1
+DEMO_DISK_BYTES: Final = 4 * 1024 * 1024
+ADMIN_USER: Final = "administrator"  # the control plane's bootstrap user
 KMS_CLIENT: Final = "vmcrypt-control"  # the control plane's identity at the KMS
 _START_TIMEOUT: Final = 60.0
 _STOP_GRACE: Final = 10.0
@@ -308,9 +315,49 @@ def _start(data: Path, plan: Plan, children: Children) -> dict[str, Any]:
         report = api.call("POST", f"/hosts/{host['id']}/reconnect")
         if not report.get("connected"):
             raise ChildFailed(f"the control plane cannot reach host {host['name']}")
+    _seed_demo_vm(api, hosts[CLUSTER_HOSTS[0]]["id"])
+    password_file = control_dir / "admin.password"
+    password = _ensure_admin_password(api, password_file)
     return {"event": "ready", "api": f"{url}/api/v1", "docs": f"{url}/api/v1/docs",
+            "ui": f"{url}/ui/", "admin_user": ADMIN_USER,
+            "admin_password": password, "admin_password_file": str(password_file),
             "admin_token_file": str(token_file), "ca": str(ca),
             "children": {n: p.pid for n, p in children.running.items()}}
+
+
+def _seed_demo_vm(api: Api, host_id: int) -> None:
+    """``demo-vm``: encrypted by the default policy (home and a disk), with a vTPM."""
+    found = {vm["name"]: vm for vm in api.call("GET", "/vms")}
+    vm = found.get(DEMO_VM)
+    if vm is None:
+        datastore = next(d for d in api.call("GET", "/datastores")
+                         if d["name"] == f"ds-{CLUSTER}")
+        policy = next(p for p in api.call("GET", "/storage-policies") if p["name"] == POLICY)
+        vm = api.call("POST", "/vms", {
+            "name": DEMO_VM, "datastore_id": datastore["id"], "host_id": host_id,
+            "disks": [DEMO_DISK_BYTES], "storage_policy_id": policy["id"]})
+    if not vm["vtpm"]:
+        api.call("POST", f"/vms/{vm['id']}/vtpm")
+
+
+def _ensure_admin_password(api: Api, path: Path) -> str | None:
+    """Give the Administrator a web password on the first start; None on later ones.
+
+    The password is random, set through the API (only its scrypt hash is stored), and
+    kept in ``path`` (0600) beside ``admin.token`` so the operator can find it again;
+    ``vmcrypt user passwd administrator`` replaces it.
+    """
+    if path.exists():
+        return None
+    from vmcrypt.control.db.repo.passwords import generate_password
+
+    password = generate_password()
+    admin = next(u for u in api.call("GET", "/users") if u["name"] == ADMIN_USER)
+    api.call("PUT", f"/users/{admin['id']}/password", {"password": password})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
 
 
 def up(
@@ -330,8 +377,9 @@ def up(
 
     An embedded KMS, the control plane and three hosts (a cluster of two sharing a
     datastore, one standalone), enrolled and registered with a standard and a native
-    key provider and a default encryption policy. Run it again on the same folder to
-    get the same system back.
+    key provider, a default encryption policy and a demo VM (encrypted, with a vTPM).
+    Prints the web UI's URL and the Administrator's user name and password. Run it
+    again on the same folder to get the same system back.
     """
     data = data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -375,8 +423,16 @@ def _ready_text(event: dict[str, Any]) -> str:
     # under `make up`), so the lines work without activating the venv.
     installed = Path(sys.executable).parent / "vmcrypt"
     cli = str(installed) if installed.exists() else "vmcrypt"
+    if event["admin_password"]:
+        password = f"{event['admin_password']}  (shown once; saved in " \
+                   f"{event['admin_password_file']})"
+    else:
+        password = f"see {event['admin_password_file']}"
     return (
-        f"vmcrypt up: ready — API {event['api']}\n"
+        f"vmcrypt up: ready — web UI {event['ui']}\n"
+        f"  log in as:    {event['admin_user']}\n"
+        f"  password:     {password}\n"
+        f"  API:          {event['api']}\n"
         f"  OpenAPI docs: {event['docs']}\n"
         f"  admin token:  {token}  (saved in {token_file})\n"
         f"  CA:           {event['ca']}\n"
