@@ -1,6 +1,7 @@
 # vmcrypt — two commands: `make up` runs the system, `make test` runs every test.
 # Both create .venv and install pinned dependencies (requirements-dev.lock) on first use,
-# and install the Debian packages the tests need when they are missing.
+# and install the Debian packages the tests need when they are missing (chromium drives
+# the web UI tests through Playwright; no browser is downloaded).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: up demo test lint typecheck pytest bench sysdeps sysdeps-bench clean help
 
 help:
-	@echo "make up      run the whole system on this machine (KMS, control plane, 3 hosts)"
+	@echo "make up      run the whole system on this machine (KMS, control plane, 3 hosts, web UI)"
 	@echo "make demo    the key server and disk data path demo (scripts/demo-disk)"
 	@echo "make test    lint, type-check and run every test (installs what it needs)"
 	@echo "make bench   run the benchmarks under bench/ and print ratios"
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml requirements-dev.lock
 venv: $(STAMP)
 
 sysdeps:
-	@scripts/ensure-system-packages cryptsetup-bin:/usr/sbin/cryptsetup libcrypto++-utils:/usr/share/crypto++/TestVectors/xts.txt openssl:/usr/bin/openssl
+	@scripts/ensure-system-packages cryptsetup-bin:/usr/sbin/cryptsetup libcrypto++-utils:/usr/share/crypto++/TestVectors/xts.txt openssl:/usr/bin/openssl chromium:/usr/bin/chromium
 
 sysdeps-bench:
 	@scripts/ensure-system-packages qemu-utils:/usr/bin/qemu-img openssl:/usr/bin/openssl
