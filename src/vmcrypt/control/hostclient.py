@@ -321,6 +321,24 @@ class HostClient:
                 f"({type(exc).__name__}); nothing was moved"
             ) from exc
 
+    @contextlib.contextmanager
+    def export_bundle_sized(self, vm_id: str) -> Iterator[tuple[int | None, Iterator[bytes]]]:
+        """:meth:`export_bundle` with the stream's exact length (its ``Content-Length``),
+        so a relay can report percent done; None when the host does not say."""
+        try:
+            with self._http.stream("GET", f"{_PREFIX}/vms/{vm_id}/bundle") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _mapped(self.name, response)
+                length = response.headers.get("content-length", "")
+                yield (int(length) if length.isdigit() else None,
+                       response.iter_bytes(1 << 20))
+        except httpx.TransportError as exc:
+            raise HostUnreachable(
+                f"host {self.name!r} could not be reached while sending VM {vm_id} "
+                f"({type(exc).__name__}); nothing was moved"
+            ) from exc
+
     def import_bundle(self, vm_id: str, chunks: Iterable[bytes]) -> dict[str, Any]:
         """Send a VM bundle; the host checks its keySafes open, then commits it at once."""
         result: dict[str, Any] = self._call("PUT", f"/vms/{vm_id}/bundle",

@@ -210,8 +210,9 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
         monitors.append(ProviderMonitor(prepared.database, sealing_key=prepared.master_key,
                                         health=board,
                                         interval=settings.provider_check_interval))
+    app = build_app(settings, prepared, hosts, health=board)
     config = uvicorn.Config(
-        build_app(settings, prepared, hosts, health=board),
+        app,
         log_config=None,
         log_level=log_level.lower(),
         ssl_certfile=str(settings.server.cert),
@@ -241,6 +242,8 @@ def serve(settings: ControlSettings, *, log_level: str = "info",
     finally:
         for monitor in monitors:
             monitor.stop()
+        # Relays stop at their next chunk (their jobs end failed, the VMs stay put).
+        app.state.jobrunner.shutdown()
         sock.close()
         hosts.close()
         prepared.database.close()

@@ -133,6 +133,22 @@ async def _vm(api: httpx.AsyncClient, admin: dict[str, str], vm_id: int) -> dict
     return body
 
 
+async def _migrate_job(api: httpx.AsyncClient, admin: dict[str, str], vm_id: int,
+                       host_id: int) -> dict[str, Any]:
+    """Start a cross-datastore migration (202, a ``vm.migrate`` job); its final state."""
+    started = await api.post(f"{API}/vms/{vm_id}/migrate", json={"host_id": host_id},
+                             headers=admin)
+    assert started.status_code == 202, started.text
+    job: dict[str, Any] = started.json()
+    assert job["type"] == "vm.migrate" and job["target_id"] == str(vm_id)
+    for _ in range(1000):
+        job = (await api.get(f"{API}/jobs/{job['id']}", headers=admin)).json()
+        if job["state"] in FINAL:
+            return job
+        await asyncio.sleep(0.02)
+    raise AssertionError("the migration did not finish")
+
+
 @pytest.mark.anyio
 async def test_clone_and_migrate_standard_vm(
     control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
@@ -178,14 +194,16 @@ async def test_clone_and_migrate_standard_vm(
         answer = await control.post(f"{API}/vms/{target}/{action}", json=body, headers=admin)
         assert answer.status_code == status, (action, body, answer.text)
         assert answer.json()["message"]
-    # Busy: another host (or operation) holds the VM's lock.
+    # Busy: another host (or operation) holds the VM's lock. A clone is refused at once;
+    # a relay is a job that fails at its start, leaving everything as it was.
     with Datastore(hosts.datastore).lock(vm["instance_uuid"]):
-        for action, body in (("clone", {"name": "vm-03"}),
-                             ("migrate", {"host_id": ids["esx-c"]})):
-            busy = await control.post(f"{API}/vms/{vm['id']}/{action}", json=body,
-                                      headers=admin)
-            assert busy.status_code == 409, busy.text
-            assert "busy" in busy.json()["message"]
+        busy = await control.post(f"{API}/vms/{vm['id']}/clone", json={"name": "vm-03"},
+                                  headers=admin)
+        assert busy.status_code == 409, busy.text
+        assert "busy" in busy.json()["message"]
+        job = await _migrate_job(control, admin, vm["id"], ids["esx-c"])
+        assert job["state"] == "failed" and "busy" in job["error"], job
+    assert hosts.kek_ids("esx-c") == []
     # Locked: unlock first.
     with database.transaction() as session:
         set_lock_state(session, vm_id=vm["id"], reason=LockReason.KMS_UNREACHABLE)
@@ -210,9 +228,8 @@ async def test_clone_and_migrate_standard_vm(
     # Another cluster, refused by the destination (a folder is in the way): VM intact.
     (hosts.other / vm["instance_uuid"]).mkdir()
     (hosts.other / vm["instance_uuid"] / "stray").write_bytes(b"x")
-    refused = await control.post(f"{API}/vms/{vm['id']}/migrate",
-                                 json={"host_id": ids["esx-c"]}, headers=admin)
-    assert refused.status_code == 409, refused.text
+    refused = await _migrate_job(control, admin, vm["id"], ids["esx-c"])
+    assert refused["state"] == "failed" and "already exists" in refused["error"], refused
     assert (await _vm(control, admin, vm["id"]))["host_id"] == ids["esx-b"]
     assert hosts.kek_ids("esx-c") == []  # pushed first, withdrawn after the failure
     await _same_data(control, admin, vm["id"])
@@ -220,11 +237,13 @@ async def test_clone_and_migrate_standard_vm(
     (hosts.other / vm["instance_uuid"]).rmdir()
 
     # Another cluster: KEK pushed there first, files moved, old cluster's caches cleaned.
-    across = await control.post(f"{API}/vms/{vm['id']}/migrate",
-                                json={"host_id": ids["esx-c"]}, headers=admin)
-    assert across.status_code == 200, across.text
-    assert across.json()["host_id"] == ids["esx-c"]
-    assert across.json()["key_ids"]["home"] == key_id
+    moved_job = await _migrate_job(control, admin, vm["id"], ids["esx-c"])
+    assert moved_job["state"] == "succeeded", moved_job
+    assert moved_job["progress_percent"] == 100.0
+    assert moved_job["bytes_done"] == moved_job["bytes_total"] > 2 * DISK
+    across = await _vm(control, admin, vm["id"])
+    assert across["host_id"] == ids["esx-c"] and across["registered"]
+    assert across["key_ids"]["home"] == key_id
     assert hosts.kek_ids("esx-c") == [key_id]
     assert hosts.kek_ids("esx-a") == [clone_key]  # esx-b restarted: it gets it on reconnect
     assert hosts.kek_ids("esx-b") == []
@@ -254,7 +273,9 @@ async def test_clone_and_migrate_standard_vm(
     # Every clone and migration is in the event log with its result.
     events = (await control.get(f"{API}/events?type=crypto.migrate", headers=admin)).json()
     results = sorted(e["details"]["result"] for e in events)
-    assert results.count("succeeded") == 2 and "failed" in results
+    # failed: three refused requests (already there, no such host, locked), two relay jobs
+    assert results.count("succeeded") == 2 and results.count("failed") == 5
+    assert results.count("started") == 3  # one per relay job, each with one end event
     clones = (await control.get(f"{API}/events?type=crypto.clone", headers=admin)).json()
     assert {e["details"]["result"] for e in clones} >= {"started", "succeeded", "failed"}
 
@@ -296,9 +317,8 @@ async def test_native_and_plain_vms_clone_and_cross_clusters(
     # esx-c restarted (no primary key): migrating pushes the primary key first.
     hosts.start("esx-c")
     for vm in (copy, plain_copy):
-        moved = await control.post(f"{API}/vms/{vm['id']}/migrate",
-                                   json={"host_id": ids["esx-c"]}, headers=admin)
-        assert moved.status_code == 200, moved.text
+        moved = await _migrate_job(control, admin, vm["id"], ids["esx-c"])
+        assert moved["state"] == "succeeded", moved
         await _same_data(control, admin, vm["id"])
         assert not (hosts.datastore / vm["instance_uuid"]).exists()
     assert hosts.states["esx-c"].cache.native_provider_ids() == ["nkp"]
@@ -524,3 +544,98 @@ async def test_a_kek_that_cannot_be_destroyed_is_an_event(
     assert events[0]["details"]["key_id"] and events[0]["severity"] == "error"
     assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == []
     assert (await control.get(f"{API}/vms", headers=admin)).json() == []
+
+
+@pytest.mark.anyio
+async def test_migration_job_progress_cancel_and_restart(
+    control: httpx.AsyncClient, tokens: dict[str, str], pki: PkiLayout,  # noqa: F811
+    kms: KmsServer, hosts: Fleet, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    database: Database, master_key: bytes,
+) -> None:
+    """A relay reports bytes, percent and rate; cancelled mid-stream it leaves the VM at
+    its source, intact, and nothing at the destination; a restart ends a dead relay."""
+    from vmcrypt.control.api import create_app
+    from vmcrypt.control.db.repo import create_job, report_progress
+    from vmcrypt.host.vm.mobility import Bundle
+
+    admin = auth(tokens["admin"])
+    ids = await _setup(control, tokens["admin"], pki, kms.address[1], hosts.datastore)
+    ids.update(await _second_cluster(control, admin, hosts))
+    created = await control.post(f"{API}/vms", headers=admin, json={
+        "name": "vm-01", "datastore_id": ids["datastore"], "host_id": ids["esx-a"],
+        "disks": [DISK, DISK], "storage_policy_id": ids["policy"]})
+    vm = created.json()
+    key_id = vm["key_ids"]["home"]
+    await _write(control, admin, vm["id"])
+
+    # The source sends a little over 1 MiB, then waits: the job is surely mid-stream.
+    release = threading.Event()
+    real = Bundle.chunks
+
+    def held(self: Bundle, chunk: int = 1 << 20) -> Any:
+        sent = 0
+        for piece in real(self, chunk):
+            yield piece
+            sent += len(piece)
+            if sent > (1 << 20) + 4096:
+                release.wait(10)
+
+    monkeypatch.setattr(Bundle, "chunks", held)
+    started = await control.post(f"{API}/vms/{vm['id']}/migrate",
+                                 json={"host_id": ids["esx-c"]}, headers=admin)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    for _ in range(500):
+        job = (await control.get(f"{API}/jobs/{job['id']}", headers=admin)).json()
+        if job["bytes_done"] > 0:
+            break
+        await asyncio.sleep(0.02)
+    assert job["state"] == "running" and job["bytes_done"] >= 1 << 20, job
+    assert job["bytes_total"] > 2 * DISK and 0 < job["progress_percent"] < 100
+    assert job["rate_bytes_per_second"] > 0
+    listed = (await control.get(f"{API}/jobs?type=vm.migrate", headers=admin)).json()
+    assert [j["id"] for j in listed] == [job["id"]]
+    # Busy while the relay runs: no other move, no clone.
+    busy = await control.post(f"{API}/vms/{vm['id']}/clone", json={"name": "c"},
+                              headers=admin)
+    assert busy.status_code == 409 and "busy" in busy.json()["message"], busy.text
+    assert key_id in hosts.kek_ids("esx-c")  # pushed first
+
+    cancel = await control.post(f"{API}/jobs/{job['id']}/cancel", headers=admin)
+    assert cancel.status_code == 202, cancel.text
+    release.set()
+    for _ in range(500):
+        job = (await control.get(f"{API}/jobs/{job['id']}", headers=admin)).json()
+        if job["state"] in FINAL:
+            break
+        await asyncio.sleep(0.02)
+    assert job["state"] == "cancelled", job
+    after = await _vm(control, admin, vm["id"])
+    assert after["host_id"] == ids["esx-a"] and after["registered"] and not after["locked"]
+    assert list(hosts.other.iterdir()) == []  # nothing staged, nothing committed
+    assert hosts.kek_ids("esx-c") == []       # withdrawn
+    assert hosts.kek_ids("esx-a") == hosts.kek_ids("esx-b") == [key_id]
+    await _same_data(control, admin, vm["id"])
+    again = await control.post(f"{API}/jobs/{job['id']}/cancel", headers=admin)
+    assert again.status_code == 409, again.text
+
+    # Now all the way: the same data on the other side.
+    monkeypatch.setattr(Bundle, "chunks", real)
+    done = await _migrate_job(control, admin, vm["id"], ids["esx-c"])
+    assert done["state"] == "succeeded" and done["progress_percent"] == 100.0, done
+    assert (await _vm(control, admin, vm["id"]))["host_id"] == ids["esx-c"]
+    await _same_data(control, admin, vm["id"])
+    events = (await control.get(f"{API}/events?type=crypto.migrate", headers=admin)).json()
+    assert sorted(e["details"]["result"] for e in events) == [
+        "cancelled", "started", "started", "succeeded"]
+
+    # A relay whose process died: the next start ends it as failed, saying where the VM is.
+    with database.transaction() as session:
+        dead = create_job(session, type="vm.migrate", target_type="vm", target_id=vm["id"],
+                          component="all")
+        report_progress(session, job_id=dead.id, bytes_done=0)
+        dead_id = dead.id
+    create_app(database, master_key=master_key, hosts=hosts)
+    ended = (await control.get(f"{API}/jobs/{dead_id}", headers=admin)).json()
+    assert ended["state"] == "failed" and "restarted" in ended["error"], ended
+    assert "stayed registered where it was" in ended["error"]

@@ -16,7 +16,9 @@ from vmcrypt.control.api.errors import install_error_handlers
 from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, sessions, vms
 from vmcrypt.control.db.engine import Database
 from vmcrypt.control.health import HealthBoard
+from vmcrypt.control.jobrunner import JobRunner
 from vmcrypt.control.metrics import Metrics, OperationsMiddleware
+from vmcrypt.control.services import mobility
 from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.crypto.keys import AEAD_KEY_SIZE
 from vmcrypt.exceptions import UsageError
@@ -59,6 +61,10 @@ def create_app(
     _add_ui_and_metrics(app, database, app.state.health)
     if hosts is not None:
         app.state.hosts = hosts
+        # Relays of VM files between datastores (docs/mobility.md); jobs a dead process
+        # left running end as failed now. The server stops it after uvicorn.
+        app.state.jobrunner = JobRunner(database, orphaned=mobility.ORPHANED)
+        app.state.jobrunner.recover()
         for vm_router in vms.ROUTERS:
             app.include_router(vm_router, prefix=API_PREFIX)
         app.include_router(jobs.router, prefix=API_PREFIX)

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from vmcrypt.control.db.engine import Database
 from vmcrypt.control.db.models import (
     Datastore,
     EncryptionRecord,
@@ -50,13 +53,16 @@ from vmcrypt.control.db.repo import (
     create_job,
     create_vm,
     encryption_records,
+    finish_job,
     list_jobs,
     record_encryption,
+    report_progress,
     set_registration,
 )
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict, ControlError, NotFound
 from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.jobrunner import Stopping
 from vmcrypt.control.services import crypto_ops, vms
 from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import (
@@ -68,10 +74,19 @@ from vmcrypt.control.services.keys import (
 from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
 from vmcrypt.providers.exceptions import AddKeysToHostFailed
 
-__all__ = ["CLONE_JOB", "clone", "migrate", "settle_clone"]
+__all__ = ["CLONE_JOB", "MIGRATE_JOB", "ORPHANED", "Relay", "RelayCancelled", "clone",
+           "migrate", "relay", "settle_clone"]
 
 #: ``Job.type`` of a clone; the job follows the host job and targets the source VM.
 CLONE_JOB = "vm.clone"
+#: ``Job.type`` of a migration that moves files: the control plane's own job (a relay).
+MIGRATE_JOB: Final = "vm.migrate"
+#: How a relay job found unfinished at start ends (its control plane died during it).
+ORPHANED: Final = {MIGRATE_JOB: (
+    "the control plane restarted while relaying this VM's files; the VM stayed registered "
+    "where it was (its source files are deleted only after the destination committed). "
+    "If the destination datastore holds a complete copy of the VM, delete that copy, then "
+    "migrate again")}
 _FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 _DISCARDED = "vm.clone.discarded"
 
@@ -265,10 +280,35 @@ def _record(session: Session, vm: VirtualMachine, disk_id: int | None,
 
 
 # -- migrate --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Relay:
+    """A cross-datastore migration accepted as job ``job_id``: what :func:`relay` needs.
+
+    The KEKs are already on every host of the destination cluster (``pushed``); the
+    relay moves the files, then the registration, or withdraws those KEKs again.
+    """
+
+    job_id: int
+    vm_id: int
+    source_host_id: int
+    dest_host_id: int
+    dest_datastore_id: int
+    pushed: frozenset[tuple[str, str]]
+    old_host_ids: tuple[int, ...]
+    target_host_ids: tuple[int, ...]
+    facts: dict[str, object] = field(default_factory=dict)
+
+
 def migrate(session: Session, hosts: HostConnector, vm: VirtualMachine, *, host_id: int,
             datastore_id: int | None, sealing_key: bytes,
-            user_name: str | None) -> VirtualMachine:
-    """Move ``vm`` to ``host_id``: its registration only, or its files too (other cluster)."""
+            user_name: str | None) -> VirtualMachine | Relay:
+    """Move ``vm`` to ``host_id``: its registration at once, or its files as a job.
+
+    Within the VM's datastore (its cluster) the registration moves now and the VM is
+    returned. To another datastore the KEKs go to every host there first and a
+    ``vm.migrate`` job is recorded; the caller runs :func:`relay` for the returned
+    :class:`Relay` once this transaction committed.
+    """
     source_host = _registered(session, vm)
     dest = fetch(session, Host, host_id)
     if dest.id == source_host.id:
@@ -291,35 +331,162 @@ def migrate(session: Session, hosts: HostConnector, vm: VirtualMachine, *, host_
     targets = _scope(session, dest)
     pushed = _push_vm_keys(session, hosts, vm, targets, sealing_key=sealing_key, must=dest)
     try:
-        with source_client.export_bundle(vm.instance_uuid) as chunks:
-            dest_client.import_bundle(vm.instance_uuid, chunks)
+        job = create_job(session, type=MIGRATE_JOB, target_type="vm", target_id=vm.id,
+                         user_name=user_name, component="all")
     except Exception:
         keep = {h.id for h in old_hosts}
         _drop_unused(session, hosts, vm, pushed, [h for h in targets if h.id not in keep])
         raise
+    _migrated(session, vm, user_name, {**facts, "files_moved": True, "job_id": job.id},
+              result="started")
+    return Relay(job_id=job.id, vm_id=vm.id, source_host_id=source_host.id,
+                 dest_host_id=dest.id, dest_datastore_id=dest_ds.id,
+                 pushed=frozenset(pushed), old_host_ids=tuple(h.id for h in old_hosts),
+                 target_host_ids=tuple(h.id for h in targets),
+                 facts={**facts, "files_moved": True, "job_id": job.id})
+
+
+class RelayCancelled(Exception):
+    """The job's cancel was requested: stop relaying, leave the VM at its source."""
+
+
+def relay(database: Database, hosts: HostConnector, plan: Relay, *,
+          check: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic
+          ) -> JobState:
+    """Relay the VM's bundle source → destination with progress and cancel; its end state.
+
+    Runs on the control plane's job runner, outside any request. Crash safety as in
+    ``docs/mobility.md``: the destination stages the stream and commits it in one rename
+    only once every keySafe opens; the source files are deleted, and the registration
+    moved, only after that. A cancel (``cancel_requested``, read between chunks), a
+    shutdown (``check`` raises) or any failure before the commit cuts the stream — the
+    destination keeps nothing — withdraws the KEKs pushed to the destination cluster and
+    leaves the VM registered, intact, where it was.
+    """
+    with database.transaction() as session:
+        vm = fetch(session, VirtualMachine, plan.vm_id)
+        vm_uuid = vm.instance_uuid
+        source = hosts.client(fetch(session, Host, plan.source_host_id))
+        dest = hosts.client(fetch(session, Host, plan.dest_host_id))
+        report_progress(session, job_id=plan.job_id, bytes_done=0)
+    meter = _Meter(database, plan.job_id, check=check, clock=clock)
     try:
-        source_client.delete_vm(vm.instance_uuid)
+        with source.export_bundle_sized(vm_uuid) as (size, chunks):
+            meter.start(size)
+            dest.import_bundle(vm_uuid, meter.wrap(chunks))
+    except Exception as exc:  # every failure ends the job; nothing escapes the worker
+        state = JobState.CANCELLED if meter.cancelled else JobState.FAILED
+        reason = None if meter.cancelled else _relay_error(exc)
+        with database.transaction() as session:
+            _relay_undone(session, hosts, plan, state, reason)
+        return state
+    with database.transaction() as session:
+        _relay_committed(session, hosts, plan, source)
+    return JobState.SUCCEEDED
+
+
+def _relay_error(exc: Exception) -> str:
+    if isinstance(exc, Stopping):
+        return ("the control plane stopped while relaying the VM's files; the VM stayed "
+                "registered where it was: migrate it again")
+    return f"{exc} (the VM stayed registered where it was)"
+
+
+def _relay_undone(session: Session, hosts: HostConnector, plan: Relay, state: JobState,
+                  error: str | None) -> None:
+    """Withdraw the KEKs pushed to the destination cluster; end the job and its event."""
+    vm = fetch(session, VirtualMachine, plan.vm_id)
+    keep = set(plan.old_host_ids)
+    extra = [fetch(session, Host, h) for h in plan.target_host_ids if h not in keep]
+    _drop_unused(session, hosts, vm, set(plan.pushed), extra)
+    job = fetch(session, Job, plan.job_id)
+    finish_job(session, job_id=job.id, state=state, error=error)
+    _migrated(session, vm, job.user_name,
+              {**plan.facts, **({"error": error} if error else {})}, result=state.value)
+
+
+def _relay_committed(session: Session, hosts: HostConnector, plan: Relay,
+                     source: HostClient) -> None:
+    """The destination committed: delete the source, move the registration, tidy keys."""
+    vm = fetch(session, VirtualMachine, plan.vm_id)
+    job = fetch(session, Job, plan.job_id)
+    try:
+        source.delete_vm(vm.instance_uuid)
     except (ControlError, AddKeysToHostFailed) as exc:
         append_event(session, type="vm.migrate.source-left", severity=Severity.WARNING,
-                     object_type="vm", object_id=vm.id, user_name=user_name,
-                     message=f"VM {vm.name!r} moved to {dest.name!r}, but its old files on "
-                             f"{source_ds.name!r} could not be deleted: {exc}",
-                     details=facts)
-    vm.datastore_id = dest_ds.id
-    set_registration(session, vm_id=vm.id, host_id=dest.id)
-    new_ids = {h.id for h in targets}
-    _drop_unused(session, hosts, vm, pushed, [h for h in old_hosts if h.id not in new_ids])
-    _migrated(session, vm, user_name, {**facts, "files_moved": True})
-    return vm
+                     object_type="vm", object_id=vm.id, user_name=job.user_name,
+                     message=f"VM {vm.name!r} moved to {plan.facts['to_host']!r}, but its "
+                             f"old files on {plan.facts['from_datastore']!r} could not be "
+                             f"deleted: {exc}",
+                     details=plan.facts)
+    vm.datastore_id = plan.dest_datastore_id
+    set_registration(session, vm_id=vm.id, host_id=plan.dest_host_id)
+    new_ids = set(plan.target_host_ids)
+    old = [fetch(session, Host, h) for h in plan.old_host_ids if h not in new_ids]
+    _drop_unused(session, hosts, vm, set(plan.pushed), old)
+    if job.bytes_total:
+        report_progress(session, job_id=job.id, bytes_done=job.bytes_total)
+    finish_job(session, job_id=job.id, state=JobState.SUCCEEDED)
+    _migrated(session, vm, job.user_name, plan.facts)
+
+
+class _Meter:
+    """Counts relayed bytes into the job row (at most every ``interval`` seconds) and
+    reads its cancel flag between chunks, so progress and cancel work from any replica."""
+
+    def __init__(self, database: Database, job_id: int, *, check: Callable[[], None],
+                 clock: Callable[[], float], interval: float = 0.25) -> None:
+        self.database = database
+        self.job_id = job_id
+        self.check = check
+        self.clock = clock
+        self.interval = interval
+        self.done = 0
+        self.total: int | None = None
+        self.cancelled = False
+        self._began = clock()
+        self._written = -interval
+
+    def start(self, total: int | None) -> None:
+        self.total = total
+        with self.database.transaction() as session:
+            fetch(session, Job, self.job_id).bytes_total = total
+
+    def wrap(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for piece in chunks:
+            self.done += len(piece)
+            self._tick()
+            yield piece
+        self._write()
+
+    def _tick(self) -> None:
+        self.check()
+        with self.database.transaction() as session:
+            if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
+                self.cancelled = True
+                raise RelayCancelled(f"job {self.job_id} was cancelled")
+        if self.clock() - self._written >= self.interval:
+            self._write()
+
+    def _write(self) -> None:
+        now = self.clock()
+        elapsed = max(now - self._began, 1e-6)
+        done = self.done if self.total is None else min(self.done, self.total)
+        with self.database.transaction() as session:
+            report_progress(session, job_id=self.job_id, bytes_done=done,
+                            rate_bytes_per_second=done / elapsed)
+        self._written = now
 
 
 def _migrated(session: Session, vm: VirtualMachine, user_name: str | None,
-              facts: dict[str, object]) -> None:
+              facts: dict[str, object], *, result: str = "succeeded") -> None:
     home = _home(session, vm)
+    done = {"succeeded": "migrated", "started": "migration started"}.get(
+        result, f"migration {result}")
     crypto_event(session, operation="migrate", vm=vm, component="all", user_name=user_name,
                  provider=None if home is None else home.provider.name,
-                 key_id=None if home is None else home.key_id,
-                 message=f"VM {vm.name!r} migrated from {facts['from_host']} to "
+                 key_id=None if home is None else home.key_id, result=result,
+                 message=f"VM {vm.name!r} {done}: from {facts['from_host']} to "
                          f"{facts['to_host']}", details=facts)
 
 

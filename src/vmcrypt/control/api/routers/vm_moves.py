@@ -14,9 +14,9 @@ the reason, is written on its own afterwards, so the log shows the attempt too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ from vmcrypt.control.api.schemas import JobPublic
 from vmcrypt.control.db.models import Job, VirtualMachine
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import NotFound
+from vmcrypt.control.jobrunner import JobRunner
 from vmcrypt.control.privileges import (
     CRYPTO_CLONE,
     CRYPTO_MIGRATE,
@@ -125,13 +126,34 @@ def vm_job(vm_id: int, job_id: int, session: SessionDep, hosts: Hosts) -> VmJob:
                  clone=None if made is None else vm_public(session, made))
 
 
-@router.post("/{vm_id}/migrate",
+@router.post("/{vm_id}/migrate", response_model=None,
              dependencies=[requires(RESOURCE_COLD_MIGRATE, CRYPTO_MIGRATE)])
 def migrate(vm_id: int, body: MigrateRequest, session: SessionDep, hosts: Hosts,
-            user: CurrentUser, request: Request) -> VmPublic:
-    """Move a VM to another host: registration only in its cluster, files too across."""
+            user: CurrentUser, request: Request, response: Response,
+            background: BackgroundTasks) -> VmPublic | JobPublic:
+    """Move a VM to another host: in its cluster at once (200, the VM); to another
+    datastore its KEKs go there first, then its files are relayed as a job (202).
+
+    The job (``vm.migrate``) shows bytes, percent and rate at ``/jobs/{id}`` and is
+    cancelled by ``POST /jobs/{id}/cancel``: a cancelled or failed relay leaves the VM
+    registered, intact, at its source. It starts once this request has committed.
+    """
     vm = fetch(session, VirtualMachine, vm_id)
     moved = _audited(session, vm, "migrate", user.user_name, lambda: mobility.migrate(
         session, hosts, vm, host_id=body.host_id, datastore_id=body.datastore_id,
         sealing_key=request.app.state.master_key, user_name=user.user_name))
-    return vm_public(session, moved)
+    if isinstance(moved, VirtualMachine):
+        return vm_public(session, moved)
+    runner: JobRunner = request.app.state.jobrunner
+    database = request.app.state.database
+    plan = moved
+    # A background task runs after the response, so after the pipeline committed the
+    # job row and the KEKs' pushes: the worker never sees a job that is not there yet.
+    background.add_task(runner.submit, lambda: _relay(database, hosts, plan, runner))
+    response.status_code = 202
+    return JobPublic.model_validate(fetch(session, Job, plan.job_id))
+
+
+def _relay(database: Any, hosts: HostConnector, plan: mobility.Relay,
+           runner: JobRunner) -> None:
+    mobility.relay(database, hosts, plan, check=runner.check)
