@@ -199,6 +199,7 @@ def test_tampered_host_gets_no_key_until_restored(
     assert "'vmcrypt' does not match any approved baseline" in body["reason"]
     status = tampered.get("/health").json()["attestation"]
     assert status["state"] == "failed" and "'vmcrypt'" in status["reason"]
+    assert status["code"] == "host_not_attested"
     refused = tampered.post("/vms", json={"name": "vm-2", "encryption": {
         "provider_id": "tp1", "trusted": True}})
     assert refused.status_code == 409 and refused.json()["error"] == "host_not_attested"
@@ -233,7 +234,7 @@ def test_without_a_trust_authority(boot: Callable[..., TestClient]) -> None:
     assert answer.status_code == 503 and "no Trust Authority" in answer.json()["reason"]
     assert host.get("/health").json()["attestation"] == {
         "state": "unset", "reason": None, "at": None, "baseline": None, "expires_at": None,
-        "url": None}
+        "url": None, "code": None}
     bad = host.post("/vms", json={"name": "vm-n", "encryption": {
         "provider_id": "tp1", "key_id": "k", "trusted": True}})
     assert bad.status_code == 422

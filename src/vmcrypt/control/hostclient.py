@@ -345,6 +345,35 @@ class HostClient:
                                             content=chunks).json()
         return result
 
+    # --- trusted key providers (docs/trust.md) -----------------------------------------
+
+    def create_trusted_vm(self, vm_id: str, name: str, disk_sizes: list[int], *,
+                          provider_id: str) -> dict[str, Any]:
+        """Create an encrypted VM whose KEK the host gets from trusted ``provider_id``.
+
+        The host attests if it must and asks the Key Provider Service itself: nothing
+        key-bearing travels here, and the answer carries only the KEK ciphertext.
+        """
+        body = {"id": vm_id, "name": name, "disks": [{"size": s} for s in disk_sizes],
+                "encryption": {"provider_id": provider_id, "trusted": True}}
+        result: dict[str, Any] = self._call("POST", "/vms", json=body).json()
+        return result
+
+    def trusted_provider(self, provider_id: str) -> dict[str, Any]:
+        """Whether the host can use a trusted provider now (it attests if it must).
+
+        :class:`HostRefused` with code ``host_not_attested`` or
+        ``trusted_provider_unavailable`` when it cannot.
+        """
+        result: dict[str, Any] = self._call("GET", f"/trusted-providers/{provider_id}").json()
+        return result
+
+    def attest(self) -> dict[str, Any]:
+        """Have the host attest now; its attestation status either way."""
+        result: dict[str, Any] = self._call("POST", "/attestation").json()
+        return result
+
+
 def _mapped(host: str, response: httpx.Response) -> Exception:
     try:
         body = response.json()

@@ -134,11 +134,15 @@ class AttestationStatus:
     baseline: str | None = None
     expires_at: float | None = None
     url: str | None = None
+    #: For ``failed``: ``host_not_attested`` (refused) or ``trusted_provider_unavailable``
+    #: (the Trust Authority did not answer).
+    code: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"state": self.state, "reason": self.reason, "at": self.at,
-                "baseline": self.baseline, "expires_at": self.expires_at, "url": self.url}
+                "baseline": self.baseline, "expires_at": self.expires_at, "url": self.url,
+                "code": self.code}
 
 
 class TrustApi(Protocol):
@@ -213,12 +217,14 @@ class TrustLink:
                 answer = self._api.attest(self._evidence(self._api.nonce()))
             except AttestationFailed as exc:
                 self._status = AttestationStatus("failed", reason=exc.reason,
-                                                 at=self._clock(), url=self._url or None)
+                                                 at=self._clock(), url=self._url or None,
+                                                 code=HostNotAttested.code)
                 log.warning("attestation failed: %s", exc.reason)
                 raise
             except VmcryptError as exc:
                 self._status = AttestationStatus("failed", reason=_short(exc),
-                                                 at=self._clock(), url=self._url or None)
+                                                 at=self._clock(), url=self._url or None,
+                                                 code=TrustedProviderUnavailable.code)
                 log.warning("attestation failed: %s", _short(exc))
                 raise
             self._token = str(answer["token"])

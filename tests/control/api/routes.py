@@ -177,4 +177,18 @@ ROUTES: tuple[Route, ...] = (
     _r("DELETE", "/sessions/current", {p.SYSTEM_ANONYMOUS}, 200),
     _r("PUT", "/users/{user}/password", {p.AUTHORIZATION_MODIFY_PERMISSIONS}, 204,
        lambda ids: {"password": "a matrix password"}),
+    # Trusted key providers (trusted_providers.py). The seed has no Trust Authority: the
+    # listing asks the authorities of registered trusted providers (none), registering
+    # is offline (verify false); the real flows are in
+    # tests/control/api/test_trusted_providers.py. A host without one reports "unset".
+    _r("GET", "/key-providers/trusted", READ, 200),
+    _r("GET", "/key-providers/trusted/published", READ, 200),
+    _r("POST", "/key-providers/trusted", KEYS, 201, lambda ids: {
+        "name": f"tp-{ids['n']}", "url": "https://127.0.0.1:1", "ca_file": "/srv/ta/ca.pem",
+        "cert_file": "/srv/ta/control.pem", "key_file": "/srv/ta/control.key",
+        "verify": False}),
+    _r("PUT", "/clusters/{cluster}/default-key-provider", {p.HOST_EDIT_CLUSTER, *KEYS}, 200,
+       lambda ids: {"key_provider_id": ids["enc_provider"]}),
+    _r("GET", "/hosts/{host}/attestation", READ, 200),
+    _r("POST", "/hosts/{host}/attestation", {p.CRYPTO_REGISTER_HOST}, 200),
 )

@@ -42,6 +42,7 @@ from vmcrypt.control.db.repo import (
 from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict
 from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.services import trusted
 from vmcrypt.control.services.audit import crypto_event
 from vmcrypt.control.services.keys import (
     HostConnector,
@@ -87,10 +88,17 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
                              f"to {MAX_DISK_SIZE} (16 TiB), not {size}")
     if session.scalar(select(VirtualMachine.id).where(VirtualMachine.name == name)) is not None:
         raise Conflict(f"a VM named {name!r} already exists: choose another name")
+    # A cluster's default provider wins over the global one; a trusted provider's
+    # host gets its KEK itself (services/trusted.py): no KEK is made or pushed here.
+    provider = trusted.policy_provider(session, host_id=host_id,
+                                       storage_policy_id=storage_policy_id)
+    if provider is not None and provider.kind is ProviderKind.TRUSTED:
+        return trusted.create_vm(session, hosts, provider, name=name, datastore_id=datastore_id,
+                                 host_id=host_id, disk_sizes=disk_sizes,
+                                 storage_policy_id=storage_policy_id, user_name=user_name)
     vm = create_vm(session, name=name, datastore_id=datastore_id, host_id=host_id,
                    storage_policy_id=storage_policy_id)
     disks = [add_disk(session, vm_id=vm.id, size_bytes=size) for size in disk_sizes]
-    provider = _policy_provider(session, storage_policy_id)
     client = host_of(session, hosts, vm)
     if provider is None:
         client.create_vm(vm.instance_uuid, name, disk_sizes)

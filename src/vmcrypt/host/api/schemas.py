@@ -112,6 +112,8 @@ class AttestationPublic(BaseModel):
     baseline: str | None = None
     expires_at: float | None = Field(default=None, description="the token's expiry")
     url: str | None = None
+    code: str | None = Field(default=None, description="failed: host_not_attested "
+                             "(refused) or trusted_provider_unavailable (no answer)")
 
 
 class TrustedProviderPublic(BaseModel):

@@ -9,6 +9,7 @@ from vmcrypt.control.api.routers import (
     hosts,
     key_providers,
     storage_policies,
+    trusted_providers,
     users,
 )
 
@@ -18,6 +19,8 @@ ROUTERS = (
     clusters.router,
     hosts.router,
     datastores.router,
+    # Before key_providers: "/key-providers/trusted" is not a provider ID.
+    trusted_providers.router,
     key_providers.router,
     storage_policies.router,
     users.router,
