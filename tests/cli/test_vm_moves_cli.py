@@ -122,3 +122,10 @@ def test_clone_and_migrate(control: Control) -> None:
     assert not (tmp / "ds1" / made["instance_uuid"]).exists()
     assert (tmp / "ds2" / made["instance_uuid"] / "vm.json").exists()
     assert read("web1") == data
+    # Across, as a job followed to its end: --json prints the VM where it landed, and
+    # the job is listed with its operation.
+    landed = control.ok("vm", "migrate", "web3", "--host", "esx3", "--json").json
+    assert landed["name"] == "web3" and landed["registered"] and not landed["locked"]
+    assert read("web3") == data
+    jobs = control.ok("vm", "jobs", "web3", "--json").json
+    assert [(j["type"], j["state"]) for j in jobs] == [("vm.migrate", "succeeded")]

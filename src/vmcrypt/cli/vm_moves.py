@@ -2,9 +2,9 @@
 
 Registered on ``vm_app`` by :mod:`vmcrypt.cli.vm`. A clone is a job on the VM's host,
 followed with a progress bar through ``/vms/{id}/jobs/{job}`` (which also records the
-clone once the job succeeded); ``--json`` prints the clone. A migration answers when
-the VM is registered on its new host: within its cluster at once, to another cluster
-once its files moved (the KEKs are pushed there first). This command only ever sees
+clone once the job succeeded); ``--json`` prints the clone. A migration within its
+cluster answers at once; to another cluster the KEKs are pushed there first and the
+files relayed as a job, followed with a progress bar like a clone. This command only ever sees
 key IDs.
 """
 
@@ -26,7 +26,7 @@ from vmcrypt.cli.api_client import (
     resolve_id,
 )
 from vmcrypt.cli.output import out, print_json, progress_bar
-from vmcrypt.cli.vm import _FINAL, POLL, JobFailed, NameArg, QuietOpt, vm_app
+from vmcrypt.cli.vm import _FINAL, POLL, JobFailed, NameArg, QuietOpt, _follow, vm_app
 
 __all__ = ["clone", "migrate"]
 
@@ -91,11 +91,15 @@ def migrate(
         str | None, typer.Option("--datastore", help="Where its files go, when that host "
                                  "reaches several datastores.")
     ] = None,
+    quiet: QuietOpt = False,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
     ca: CaOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Move a VM to another host; to another cluster its keys go first, then its files.
 
+    Within its cluster only the registration moves (at once). To another datastore the
+    files are relayed as a job, followed with a progress bar (`vmcrypt vm cancel JOB`
+    stops it; the VM then stays where it was). `--json` prints the VM once moved.
     Example: vmcrypt vm migrate web1 --host esx3
     """
     with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
@@ -105,6 +109,9 @@ def migrate(
             body["datastore_id"] = resolve_id(api, "/datastores", datastore,
                                               what="datastore")
         moved = api.post(f"/vms/{vm_id}/migrate", body)
+        if "instance_uuid" not in moved:  # 202: a relay job, followed to its end
+            _follow(api, moved, quiet=quiet or as_json)
+            moved = api.get(f"/vms/{vm_id}")
     if as_json:
         print_json(moved)
     else:
