@@ -6,6 +6,10 @@ replica can answer. When the host job ends, the VM's encryption records are set 
 the host's keySafes and the operation's final ``crypto.*`` event is appended
 (:func:`vmcrypt.control.services.crypto_ops.poll`). A job shows its operation
 (``type``: ``vm.encrypt``), the component it changes and the host job it follows.
+
+A ``vm.migrate`` job follows no host job: the control plane relays the VM's files
+itself (:func:`vmcrypt.control.services.mobility.relay`) and writes the progress into
+the row as it goes; its cancel is read from the row between chunks.
 """
 
 from __future__ import annotations

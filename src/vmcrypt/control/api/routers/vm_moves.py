@@ -3,8 +3,9 @@
 Handlers only translate HTTP to :mod:`vmcrypt.control.services.mobility`. A clone is a
 job (202) followed like any other through ``/jobs/{id}``; reading
 ``/vms/{id}/jobs/{job}`` also records the clone once the job succeeded (and discards
-its new KEK when it failed). A migration answers when the VM is registered on its new
-host (200), its files moved first when that host is in another cluster.
+its new KEK when it failed). A migration within the VM's cluster answers the VM on its
+new host (200); to another datastore its files are relayed by a ``vm.migrate`` job on
+the control plane's job runner (202), with progress and cancel at ``/jobs/{id}``.
 
 Every clone and migration appends its ``crypto.clone`` / ``crypto.migrate`` event. A
 refused or failed one is rolled back whole and its event, with ``result="failed"`` and
