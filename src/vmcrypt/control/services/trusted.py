@@ -90,6 +90,8 @@ TA_SERVER_NAME: Final = "trust-authority"
 #: Seconds a call to the Trust Authority may take from a request handler.
 _TA_TIMEOUT: Final = 5.0
 _PEM_DIR = Path(tempfile.gettempdir()) / "vmcrypt-control-pem"
+#: Where an error carries events for after the rollback (``services.vms.after_rollback``).
+_AFTER_ROLLBACK: Final = "vmcrypt_after_rollback"
 _HOST_CODES: Final = {"host_not_attested": LockReason.HOST_NOT_ATTESTED,
                       "trusted_provider_unavailable": LockReason.TRUSTED_PROVIDER_UNAVAILABLE}
 
@@ -223,17 +225,22 @@ def create_vm(session: Session, hosts: HostConnector, provider: KeyProvider, *, 
     """Create an encrypted VM whose host gets its KEK from trusted ``provider``.
 
     The host is asked first whether it can use the provider (seeds: "checks if the
-    default trusted key provider is accessible to the ESXi host"); before anything is
-    written, so a refusal — untrusted host, authority down — leaves only its event.
+    default trusted key provider is accessible to the ESXi host"), before anything is
+    written; a refusal — untrusted host, authority down — is a 409 whose event
+    (``trust.attestation.failed``, ``trust.provider.unavailable``) the caller records
+    after its rollback (``services.vms.after_rollback``).
     """
     host = fetch(session, Host, host_id)
     client = hosts.client(host)
     try:
         client.trusted_provider(provider.name)
     except HostRefused as exc:
-        _event_apart(session, _failure_event(host, provider.name, exc))
-        raise Conflict(f"cannot create VM {name!r} with trusted key provider "
-                       f"{provider.name!r}: {exc}") from None
+        error = Conflict(f"cannot create VM {name!r} with trusted key provider "
+                         f"{provider.name!r}: {exc}")
+        # The request rolls back; the VM router records these events afterwards.
+        error.__dict__.setdefault(_AFTER_ROLLBACK, []).append(
+            _failure_event(host, provider.name, exc))
+        raise error from None
     except AddKeysToHostFailed as exc:
         raise Conflict(f"host {host.name!r} cannot be asked about trusted key provider "
                        f"{provider.name!r}: {exc}") from None
@@ -399,16 +406,6 @@ def _failure_event(host: Host, provider: str, exc: HostRefused) -> dict[str, Any
             "object_id": host.id, "message": f"{message}: {exc}",
             "details": {"host": host.name, "provider": provider, "reason": str(exc),
                         "code": exc.code}}
-
-
-def _event_apart(session: Session, event: dict[str, Any]) -> None:
-    """Append an event in its own transaction: the request's is about to roll back.
-
-    Called before the request wrote anything, so the separate connection does not wait
-    on the request's own write lock.
-    """
-    with Session(session.get_bind()) as apart, apart.begin():
-        append_event(apart, **event)
 
 
 def _pem_file(pem: str | None) -> str | None:
