@@ -123,8 +123,10 @@ def control(tmp_path: Path) -> Iterator[Control]:
         database.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module: Playwright's sync API runs an event loop of its own
+    while started, which async tests of other modules (anyio) must not run under."""
     if not CHROMIUM.exists():
         why = f"no Chromium at {CHROMIUM}: run `make sysdeps` (Debian package chromium)"
         if os.environ.get("CI"):
