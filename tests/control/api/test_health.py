@@ -100,8 +100,10 @@ async def test_provider_health_changes_make_one_event_each(
     expiry = datetime.fromisoformat(server["certificate_expires_at"])
     assert expiry == certificate_expiry(pki.server.cert).replace(microsecond=0)
     assert expiry > datetime.now(UTC)
-    listed = (await control.get(f"{API}/key-providers", headers=admin)).json()
+    listed = (await control.get(f"{API}/key-providers?health=true", headers=admin)).json()
     assert [p["health"]["state"] for p in listed] == ["healthy"]
+    plain = (await control.get(f"{API}/key-providers", headers=admin)).json()
+    assert [p["health"] for p in plain] == [None]
 
     # The server goes away: one error event naming it and why, then silence while down.
     _point_at(database, _closed_port())

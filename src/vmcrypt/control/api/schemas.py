@@ -369,7 +369,7 @@ class KeyProviderHealthPublic(ProviderHealthPublic):
 
 
 class KeyProviderWithHealthPublic(KeyProviderPublic):
-    """A key provider in the listing, with its last probe (``null`` before the first)."""
+    """A key provider in the listing; its last probe with ``?health=true`` (else ``null``)."""
 
     health: ProviderHealthPublic | None = None
 

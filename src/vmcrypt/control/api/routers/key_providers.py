@@ -171,16 +171,19 @@ def create_native(
 
 
 @router.get("", dependencies=[requires(SYSTEM_READ)])
-def list_all(session: SessionDep, board: Board) -> list[KeyProviderWithHealthPublic]:
-    """Every key provider with its KMS servers and last health probe, oldest first."""
+def list_all(session: SessionDep, board: Board,
+             health: bool = False) -> list[KeyProviderWithHealthPublic]:
+    """Every key provider with its KMS servers, oldest first; with ``health=true`` each
+    carries its last health probe too (``null`` otherwise, so the listing of stored
+    state does not change between two probes)."""
     query = select(KeyProvider).options(selectinload(KeyProvider.kms_servers))
     rows = session.scalars(query.order_by(KeyProvider.id))
     return [KeyProviderWithHealthPublic.model_validate(row).model_copy(
-        update={"health": _health(board, row.name)}) for row in rows]
+        update={"health": _health(board, row.name) if health else None}) for row in rows]
 
 
 @router.get("/{provider_id}/health", dependencies=[requires(SYSTEM_READ)])
-def health(provider_id: int, session: SessionDep, board: Board) -> KeyProviderHealthPublic:
+def provider_health(provider_id: int, session: SessionDep, board: Board) -> KeyProviderHealthPublic:
     """The provider's last probe: state, each KMS server's reachability, latency,
     certificate expiry and error, and when it was checked (``unknown`` before the first
     probe, which comes within one ``--provider-check-interval``)."""
