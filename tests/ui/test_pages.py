@@ -22,7 +22,8 @@ from fastapi import FastAPI
 from tests.control.api.conftest import InProcessHosts
 from vmcrypt.control.api import create_app
 from vmcrypt.control.db.engine import Database, open_database
-from vmcrypt.control.db.repo import create_user, issue_token, set_password
+from vmcrypt.control.db.models import LockReason
+from vmcrypt.control.db.repo import create_user, issue_token, set_lock_state, set_password
 from vmcrypt.control.privileges import ADMINISTRATOR, NO_CRYPTOGRAPHY_ADMINISTRATOR, READ_ONLY
 
 PASSWORD = "a web password for tests"
@@ -146,3 +147,19 @@ async def test_static_files_are_served_from_the_package(world: tuple[FastAPI, in
         htmx = await client.get("/ui/static/htmx-2.0.11.min.js")
         assert htmx.status_code == 200 and "htmx" in htmx.text
         assert (await client.get("/ui/static/vmcrypt.js")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_locked_vm_shows_its_reason_and_unlock(world: tuple[FastAPI, int, str],
+                                                      database: Database) -> None:
+    app, vm, _ = world
+    with database.transaction() as session:
+        set_lock_state(session, vm_id=vm, reason=LockReason.KMS_UNREACHABLE)
+    async with _session(app, "admin") as client:
+        page = (await client.get(f"/ui/vms/{vm}")).text
+        assert "Locked: <strong>kms_unreachable</strong>" in page
+        assert re.search(r'<button id="unlock" hx-post="/api/v1/vms/\d+/unlock"', page)
+        assert "locked: kms_unreachable" in (await client.get("/ui/")).text
+    async with _session(app, "reader") as client:
+        button = re.search(r'<button id="unlock"[^>]*>', (await client.get(f"/ui/vms/{vm}")).text)
+        assert button is not None and "needs Cryptographer.RegisterVM" in button.group(0)
