@@ -28,6 +28,7 @@ from vmcrypt.cli.api_client import (
     resolve_id,
 )
 from vmcrypt.cli.output import out, print_json, print_record
+from vmcrypt.exceptions import UsageError, VmcryptError
 
 __all__ = ["add_host_commands", "cluster_app", "datastore_app", "token_app", "user_app"]
 
@@ -119,6 +120,33 @@ def cluster_info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = Non
     emit(as_json, record, title=f"cluster {record['name']}")
 
 
+@cluster_app.command("set-default-provider")
+def cluster_set_default_provider(
+    name: NameArg,
+    provider: Annotated[str | None, typer.Argument(
+        help="Key provider (name or ID); omit with --none.")] = None,
+    none: Annotated[bool, typer.Option("--none", help="Back to the global default.")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Make a key provider the default for VMs created on this cluster's hosts.
+
+    It wins over the global default (``vmcrypt kp default``): typically a trusted key
+    provider for a cluster of attested hosts.
+
+    Example: vmcrypt cluster set-default-provider trusted-cluster tp1
+    """
+    if (provider is None) == (not none):
+        raise UsageError("give a key provider, or --none to clear the cluster's default")
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        cluster_id = resolve_id(api, "/clusters", name, what="cluster")
+        provider_id = None if provider is None else resolve_id(
+            api, "/key-providers", provider, what="key provider")
+        record = api.request("PUT", f"/clusters/{cluster_id}/default-key-provider",
+                             json={"key_provider_id": provider_id}).json()
+    emit(as_json, record, title=f"cluster {name}")
+
+
 # -- hosts (added to the `vmcrypt host` group of cli/host.py) ---------------------------
 
 
@@ -171,12 +199,26 @@ def host_ls(
 def host_info(name: NameArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
               token_file: TokenFileOpt = None, ca: CaOpt = None,
               as_json: JsonOpt = False) -> None:
-    """Show one host: hardware UUID, cluster, agent URL, connection state, enrolment.
+    """Show one host: hardware UUID, cluster, agent URL, connection state, enrolment,
+    and its attestation with the Trust Authority (attested / failed with the reason /
+    unset), as the host reports it.
 
     Example: vmcrypt host info esx1 --json
     """
     with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
-        record = api.get(f"/hosts/{resolve_id(api, '/hosts', name, what='host')}")
+        host_id = resolve_id(api, "/hosts", name, what="host")
+        record = api.get(f"/hosts/{host_id}")
+        try:
+            status = api.get(f"/hosts/{host_id}/attestation")
+        except VmcryptError as exc:  # a control plane without hosts, or the host down
+            status = {"state": "unknown", "reason": str(exc)}
+    if as_json:
+        record["attestation"] = {k: v for k, v in status.items()
+                                 if k not in ("host_id", "host")}
+    else:
+        record["attestation"] = status["state"] + (
+            f" ({status['reason']})" if status.get("reason") else "") + (
+            f", baseline {status['baseline']}" if status.get("baseline") else "")
     emit(as_json, record, title=f"host {record['name']}")
 
 

@@ -2,11 +2,12 @@
 
 Key providers are where KEKs come from: a *standard* one is a list of KMIP servers
 (``kp add-kmip``), a *native* one keeps a primary key the control plane generated
-(``kp add-native``). A native provider cannot be used until it is backed up
-(``kp backup``) or the risk is accepted (``kp ack-no-backup``), as in vSphere. The
-backup is the only way its key ever leaves the control plane: a ``.p12`` protected by
-a password this CLI reads from a prompt or a file, never from a flag (flags end up in
-shell history and the process list).
+(``kp add-native``), a *trusted* one is published by a Trust Authority whose attested
+hosts get their KEKs from it directly (``kp published``, ``kp add-trusted``). A native
+provider cannot be used until it is backed up (``kp backup``) or the risk is accepted
+(``kp ack-no-backup``), as in vSphere. The backup is the only way its key ever leaves
+the control plane: a ``.p12`` protected by a password this CLI reads from a prompt or a
+file, never from a flag (flags end up in shell history and the process list).
 """
 
 from __future__ import annotations
@@ -145,6 +146,68 @@ def add_native(
     if not as_json:
         out.print(f"next: back it up with `vmcrypt kp backup {name} --out {name}.p12`",
                   highlight=False, markup=False)
+
+
+@kp_app.command("add-trusted")
+def add_trusted(
+    name: Annotated[str, typer.Argument(help="The provider's name, as the Trust Authority "
+                                        "publishes it.")],
+    trust_url: Annotated[str, typer.Option("--trust-url", help="The Trust Authority, "
+                                           "https://HOST:PORT.")],
+    trust_ca: Annotated[str, typer.Option("--trust-ca", help="Path of its CA certificate "
+                                          "on the control plane's machine.")],
+    client_cert: Annotated[str, typer.Option("--client-cert", help="Path of the control "
+                                             "plane's client certificate (from that CA).")],
+    client_key: Annotated[str, typer.Option("--client-key", help="Path of its private "
+                                            "key (stored as a path only).")],
+    default: DefaultOpt = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Register without asking "
+                                            "the Trust Authority (offline).")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Register a trusted key provider a Trust Authority publishes.
+
+    Hosts of a cluster whose default it is attest to the Trust Authority and get their
+    KEKs from it: the control plane never holds or pushes them. The files are on the
+    control plane's machine (it reads them when it asks the Trust Authority).
+
+    Example: vmcrypt kp add-trusted tp1 --trust-url https://ta:8443 --trust-ca /etc/vmcrypt/ta-ca.pem --client-cert /etc/vmcrypt/ta-vc.pem --client-key /etc/vmcrypt/ta-vc.key
+    """  # noqa: E501
+    body = {"name": name, "url": trust_url, "ca_file": trust_ca, "cert_file": client_cert,
+            "key_file": client_key, "is_default": default, "verify": not no_verify}
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        created = api.post("/key-providers/trusted", body)
+    emit(as_json, created if as_json else _summary(created), title=f"key provider {name}")
+
+
+@kp_app.command("published")
+def published(
+    via: Annotated[str | None, typer.Option("--via", help="Ask the Trust Authority of this "
+                                            "registered trusted provider.")] = None,
+    trust_url: Annotated[str | None, typer.Option("--trust-url")] = None,
+    trust_ca: Annotated[str | None, typer.Option("--trust-ca")] = None,
+    client_cert: Annotated[str | None, typer.Option("--client-cert")] = None,
+    client_key: Annotated[str | None, typer.Option("--client-key")] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """List the trusted key providers a Trust Authority publishes (registered or not).
+
+    Without options, every Trust Authority of the registered trusted providers is asked.
+
+    Example: vmcrypt kp published --trust-url https://ta:8443 --trust-ca /etc/vmcrypt/ta-ca.pem --client-cert /etc/vmcrypt/ta-vc.pem --client-key /etc/vmcrypt/ta-vc.key
+    """  # noqa: E501
+    params: dict[str, Any] = {}
+    given = {"url": trust_url, "ca_file": trust_ca, "cert_file": client_cert,
+             "key_file": client_key}
+    params.update({k: v for k, v in given.items() if v is not None})
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        if via is not None:
+            params["via"] = resolve_id(api, "/key-providers", via, what="key provider")
+        rows = api.get("/key-providers/trusted/published", params=params)
+    emit(as_json, rows, title="published trusted key providers",
+         columns=["name", "key_id", "servers", "registered"])
 
 
 @kp_app.command("ls")
