@@ -186,3 +186,17 @@ def test_untrusted_host_locks_its_vms_until_restored(world: dict[str, Any]) -> N
     assert ok("POST", f"/hosts/{world['host']}/attestation")["state"] == "attested"
     assert not ok("GET", f"/vms/{vm['id']}")["locked"]
     assert _create(world, "vm-3")["encrypted"]
+
+
+def test_provider_unavailable_to_the_host(world: dict[str, Any], kms: KmsServer) -> None:  # noqa: F811
+    _register(world)
+    vm = _create(world, "vm-t")
+    world["hosts"].start(HOST)  # restarted: it must have the KEK ciphertext unwrapped
+    kms.shutdown()  # the provider's key server is down
+    refused = _create(world, "vm-2", 409)
+    assert "unavailable" in refused["message"]
+    events = _events(world["database"], "trust.provider.unavailable")
+    assert len(events) == 1 and events[0].details["provider"] == "tp1"
+    data = world["http"].get(f"/api/v1/vms/{vm['id']}/disks/0/data",
+                             params={"offset": 0, "length": 16})
+    assert data.status_code >= 400 and "unavailable" in data.text

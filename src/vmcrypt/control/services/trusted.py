@@ -232,27 +232,37 @@ def create_vm(session: Session, hosts: HostConnector, provider: KeyProvider, *, 
     """
     host = fetch(session, Host, host_id)
     client = hosts.client(host)
-    try:
+    with _refusal(host, provider.name, name):
         client.trusted_provider(provider.name)
-    except HostRefused as exc:
-        error = Conflict(f"cannot create VM {name!r} with trusted key provider "
-                         f"{provider.name!r}: {exc}")
-        # The request rolls back; the VM router records these events afterwards.
-        error.__dict__.setdefault(_AFTER_ROLLBACK, []).append(
-            _failure_event(host, provider.name, exc))
-        raise error from None
-    except AddKeysToHostFailed as exc:
-        raise Conflict(f"host {host.name!r} cannot be asked about trusted key provider "
-                       f"{provider.name!r}: {exc}") from None
     vm = insert_vm(session, name=name, datastore_id=datastore_id, host_id=host_id,
                    storage_policy_id=storage_policy_id)
     disks = [add_disk(session, vm_id=vm.id, size_bytes=size) for size in disk_sizes]
-    made = client.create_trusted_vm(vm.instance_uuid, name, disk_sizes,
-                                    provider_id=provider.name)
+    with _refusal(host, provider.name, name):  # e.g. the provider's key server is down
+        made = client.create_trusted_vm(vm.instance_uuid, name, disk_sizes,
+                                        provider_id=provider.name)
     _record(session, vm, provider, made, disks)
     crypto_event(session, operation="create", vm=vm, component="all", user_name=user_name,
                  provider=provider.name, details={"disks": len(disk_sizes), "trusted": True})
     return vm
+
+
+@contextmanager
+def _refusal(host: Host, provider: str, vm_name: str) -> Iterator[None]:
+    """A host's trusted-provider refusal → 409 carrying its event for after the rollback."""
+    try:
+        yield
+    except HostRefused as exc:
+        if exc.code not in _HOST_CODES:
+            raise
+        error = Conflict(f"cannot create VM {vm_name!r} with trusted key provider "
+                         f"{provider!r}: {exc}")
+        # The request rolls back; the VM router records these events afterwards.
+        error.__dict__.setdefault(_AFTER_ROLLBACK, []).append(
+            _failure_event(host, provider, exc))
+        raise error from None
+    except AddKeysToHostFailed as exc:
+        raise Conflict(f"host {host.name!r} cannot be asked about trusted key provider "
+                       f"{provider!r}: {exc}") from None
 
 
 def _record(session: Session, vm: VirtualMachine, provider: KeyProvider,
