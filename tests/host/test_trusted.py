@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,3 +250,18 @@ def test_delete_and_unregister_drop_the_kek(boot: Callable[..., TestClient]) -> 
     assert host.delete(f"/vms/{two['id']}").status_code == 204
     assert host.get("/health").json()["keks"] == 0
     assert host.get("/keys").json()["keks"] == []
+
+
+def test_token_kept_until_it_expires_then_attests_again(authority: Authority) -> None:
+    now = [time.time()]
+    base = authority.link()
+    link = TrustLink(base._api, evidence=base._evidence, clock=lambda: now[0])
+    kek, ciphertext = link.new_kek("tp1")
+    first = link.status()
+    assert first.state == "attested" and first.expires_at is not None
+    now[0] += 60
+    assert link.unwrap("tp1", ciphertext) == kek
+    assert link.status() == first  # the same token: no new attestation
+    now[0] = first.expires_at + 1  # expired (the service would refuse it too)
+    assert link.unwrap("tp1", ciphertext) == kek
+    assert link.status().at == now[0]  # attested again
