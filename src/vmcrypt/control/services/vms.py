@@ -119,13 +119,13 @@ def create(session: Session, hosts: HostConnector, *, name: str, datastore_id: i
         standard.close()
     key_id = new.ref.key_id
     assert key_id is not None
-    record_encryption(session, vm_id=vm.id, key_provider_id=provider.id, key_id=key_id)
-    for disk in disks:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk.id, key_id=key_id)
-    failed = push_kek(session, hosts, vm, provider_id=provider.name, key_id=key_id,
-                      kek=new.kek)
     try:
+        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id, key_id=key_id)
+        for disk in disks:
+            record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
+                              disk_id=disk.id, key_id=key_id)
+        failed = push_kek(session, hosts, vm, provider_id=provider.name, key_id=key_id,
+                          kek=new.kek)
         if client.name in failed:
             raise Conflict(f"the KEK could not be pushed to host {client.name!r}: see the "
                            "events")
