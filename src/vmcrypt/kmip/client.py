@@ -21,6 +21,7 @@ import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 
 from vmcrypt.kmip.attributes import Attribute, attribute
@@ -137,6 +138,11 @@ class KmipClient:
     def tls_version(self) -> str | None:
         """The TLS version of the open connection, if one is open."""
         return self._connection.tls_version
+
+    @property
+    def peer_certificate_expiry(self) -> datetime | None:
+        """The notAfter of the server certificate on the open connection, if one is open."""
+        return self._connection.peer_certificate_expiry
 
     def __repr__(self) -> str:
         return f"KmipClient({self.address}, version={self.version})"

@@ -20,6 +20,7 @@ import socket
 import ssl
 import struct
 import time
+from datetime import UTC, datetime
 
 from vmcrypt.kmip.exceptions import KmipConnectionError, MessageError
 from vmcrypt.kmip.tags import ResultReason, Tag
@@ -74,6 +75,20 @@ class Connection:
     def tls_version(self) -> str | None:
         """The negotiated TLS version (``TLSv1.3``) of the open connection."""
         return self._sock.version() if self._sock is not None else None
+
+    @property
+    def peer_certificate_expiry(self) -> datetime | None:
+        """When the server's certificate (verified at the handshake) expires; None when
+        no connection is open. Health checks show it so an operator renews in time."""
+        if self._sock is None:
+            return None
+        try:
+            not_after = self._sock.getpeercert().get("notAfter")  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            return None
+        if not isinstance(not_after, str):
+            return None
+        return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
 
     def open(self) -> None:
         """Connect and complete the TLS handshake, both bounded by ``timeout``."""

@@ -26,12 +26,11 @@ reason. Messages name key IDs and servers, never key bytes.
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -327,22 +326,8 @@ class StandardKeyProvider(KeyProvider):
 
 
 def _peer_not_after(client: KmipClient) -> datetime | None:
-    """The notAfter of the certificate the server presented on the open connection.
-
-    Read from the socket of the handshake just made (the client verified the chain, so
-    ``getpeercert()`` is decoded); ``None`` when the connection is gone again. The KMIP
-    client has no public accessor for its peer certificate yet, hence the private read.
-    """
-    sock = getattr(getattr(client, "_connection", None), "_sock", None)
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    try:
-        not_after = sock.getpeercert().get("notAfter")  # type: ignore[union-attr]
-    except (OSError, ValueError):
-        return None
-    if not isinstance(not_after, str):
-        return None
-    return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
+    """The notAfter of the certificate the server presented on the open connection."""
+    return client.peer_certificate_expiry
 
 
 def _owner_attributes(owner: KeyOwner) -> dict[str, object]:
