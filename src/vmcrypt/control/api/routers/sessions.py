@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import Final
 
 from fastapi import APIRouter, Request, Response
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -35,7 +37,7 @@ from vmcrypt.control.api.deps import (
     requires,
 )
 from vmcrypt.control.db.engine import Database
-from vmcrypt.control.db.models import ApiToken, Severity, User
+from vmcrypt.control.db.models import ApiToken, Severity
 from vmcrypt.control.db.models.base import now
 from vmcrypt.control.db.repo import append_event, login, set_password
 from vmcrypt.control.db.repo.access import token_digest
@@ -77,33 +79,31 @@ def _set_cookie(response: Response, token: str) -> None:
     )
 
 
+def _audit_login(session: Session, name: str, *, failed: bool) -> None:
+    append_event(
+        session, type="audit", severity=Severity.WARNING if failed else Severity.INFO,
+        object_type="sessions", user_name=None if failed else name,
+        message=f"sessions.login {'failed' if failed else 'succeeded'} for {name!r}",
+        details={"operation": "sessions.login", "method": "POST", "path": _PATH,
+                 "status": 401 if failed else 201,
+                 "result": "failed" if failed else "succeeded"},
+    )
+
+
 def _login(database: Database, body: SessionCreate) -> dict[str, object]:
-    failed = False
-    result: dict[str, object] = {}
-    with database.transaction() as session:
-        try:
+    """Check the password; audited either way (a success in the token's own transaction,
+    so no session exists unaudited; a failure in a fresh one after the rollback)."""
+    try:
+        with database.transaction() as session:
             issued = login(session, name=body.name, password=body.password)
-            row = session.get(ApiToken, issued.token_id)
-            user = session.scalar(select(User).where(User.name == body.name))
-            assert row is not None and user is not None
-            result = {"token": issued.token, "expires_at": row.expires_at.isoformat()
-                      if row.expires_at else None, "user": user.name, "role": user.role.name}
-        except AuthenticationFailed:
-            failed = True
-    # The attempt is audited either way, in its own transaction (the token row above
-    # is committed only on success).
-    with database.transaction() as session:
-        append_event(
-            session, type="audit", severity=Severity.WARNING if failed else Severity.INFO,
-            object_type="sessions", user_name=None if failed else body.name,
-            message=f"sessions.login {'failed' if failed else 'succeeded'} for {body.name!r}",
-            details={"operation": "sessions.login", "method": "POST", "path": _PATH,
-                     "status": 401 if failed else 201,
-                     "result": "failed" if failed else "succeeded"},
-        )
-    if failed:
-        raise AuthenticationFailed
-    return result
+            row = session.get_one(ApiToken, issued.token_id)
+            _audit_login(session, body.name, failed=False)
+            return {"token": issued.token, "expires_at": row.expires_at,
+                    "user": row.user.name, "role": row.user.role.name}
+    except AuthenticationFailed:
+        with database.transaction() as session:
+            _audit_login(session, body.name, failed=True)
+        raise
 
 
 async def _login_endpoint(request: Request) -> Response:
@@ -119,7 +119,7 @@ async def _login_endpoint(request: Request) -> Response:
     except AuthenticationFailed:
         return JSONResponse({"error": "authentication_failed",
                              "message": "wrong user name or password"}, status_code=401)
-    response = JSONResponse(result, status_code=201)
+    response = JSONResponse(jsonable_encoder(result), status_code=201)
     _set_cookie(response, str(result["token"]))
     return response
 
