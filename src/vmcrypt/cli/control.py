@@ -51,6 +51,12 @@ def serve(
                      help="Seconds between health polls of every host; a host that comes "
                      "back or restarted gets its keys pushed again. 0 turns it off."),
     ] = 5.0,
+    provider_check_interval: Annotated[
+        float,
+        typer.Option("--provider-check-interval", min=0, max=3600,
+                     help="Seconds between health probes of every key provider and KMS "
+                     "server (kp.health.changed events, kp health). 0 turns it off."),
+    ] = 30.0,
 ) -> None:
     """Run the control plane until interrupted (Ctrl-C or SIGTERM).
 
@@ -64,7 +70,8 @@ def serve(
 
     configure_server_logging(log_level)
     settings = ControlSettings(data_dir=data_dir, db=db, host=host, port=port,
-                               host_check_interval=host_check_interval)
+                               host_check_interval=host_check_interval,
+                               provider_check_interval=provider_check_interval)
 
     def listening(bound_host: str, bound_port: int, prepared: Prepared) -> None:
         url = f"https://{bound_host}:{bound_port}"
