@@ -79,6 +79,7 @@ async def test_metrics_from_the_board_the_database_and_the_requests(
                                   headers=admin)).status_code == 409
         assert (await client.post("/api/v1/clusters", json={"name": "y"})).status_code == 401
         await client.get("/api/v1/clusters", headers=admin)  # reads are not operations
+        await client.post("/api/v1/sessions", json={"name": "admin", "password": "nope"})
         response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"] == CONTENT_TYPE
@@ -86,6 +87,7 @@ async def test_metrics_from_the_board_the_database_and_the_requests(
     op = "vmcrypt_operations_total"
     assert got[(op, (("operation", "clusters.create"), ("result", "succeeded")))] == 1
     assert got[(op, (("operation", "clusters.create"), ("result", "failed")))] == 2
+    assert got[(op, (("operation", "sessions.login"), ("result", "failed")))] == 1
     assert not any(name == op and ("operation", "clusters.list_all") in labels
                    for name, labels in got)
     assert got[("vmcrypt_jobs", (("state", "running"),))] == 1

@@ -27,7 +27,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from vmcrypt.control.api.deps import (
     SESSION_COOKIE,
@@ -124,8 +125,20 @@ async def _login_endpoint(request: Request) -> Response:
     return response
 
 
+class _LoginRoute(Route):
+    """A plain route that, like FastAPI's, names itself in ``scope["route"]`` (read by
+    the metrics middleware, which counts ``sessions.login`` like any API write)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """Starlette's match, plus ``scope["route"]``."""
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
 #: Mounted by :func:`vmcrypt.control.api.app.create_app` beside the routers.
-login_route = Route(_PATH, _login_endpoint, methods=["POST"], name="sessions.login")
+login_route = _LoginRoute(_PATH, _login_endpoint, methods=["POST"], name="login")
 
 
 @router.delete("/sessions/current", dependencies=[requires(SYSTEM_ANONYMOUS)])
