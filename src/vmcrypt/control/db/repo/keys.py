@@ -108,7 +108,8 @@ def add_kms_server(
     """
     provider = fetch(session, KeyProvider, provider_id)
     if provider.kind is ProviderKind.NATIVE:
-        raise UsageError("a native provider has no KMS server: its hosts hold its key")
+        raise UsageError("only standard and trusted providers have KMS servers (a trusted "
+                         "one: its Trust Authority), not a native one")
     if not 0 < port < 65536:
         raise UsageError(f"{port} is not a TCP port")
     for pem in (ca_pem, client_cert_pem):
