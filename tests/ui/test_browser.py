@@ -7,6 +7,7 @@ parallel; each page is captured as a screenshot (see ``conftest.py``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def _login(browser: Any, control: Control, name: str) -> Any:
 
 
 def test_login_create_encrypted_vm_decrypt_a_disk_and_see_events(
-        browser: Any, control: Control, shots: Any) -> None:
+        browser: Any, control: Control, shots: Any, tmp_path: Path) -> None:
     page = _login(browser, control, "administrator")
     cookie = next(c for c in page.context.cookies() if c["name"] == "vmcrypt_session")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
@@ -95,6 +96,27 @@ def test_login_create_encrypted_vm_decrypt_a_disk_and_see_events(
     assert "not checked yet" in page.locator("#providers").inner_text()
     assert "native-1" in page.locator("#providers").inner_text()
     shots(page, "key-providers")
+    # The native provider's backup: downloaded as a .p12, then checked by a dry-run restore.
+    native = page.locator(f"#provider-{control.ids['native']}")
+    native.locator("input[name=password]").fill("a backup password")
+    with page.expect_download() as download:
+        native.locator("button", has_text="Download backup").click()
+    p12 = tmp_path / "native-1.p12"
+    download.value.save_as(p12)
+    assert p12.stat().st_size > 0
+    page.locator("#flash.ok", has_text="downloaded").wait_for()
+    restore = page.locator("#restore")
+    restore.locator("input[type=file]").set_input_files(str(p12))
+    restore.locator("input[name=password]").fill("a backup password")
+    restore.locator("button[type=submit]").click()
+    page.locator("#flash.ok", has_text="backup holds").wait_for()
+    assert "backed up" in page.locator(f"#provider-{control.ids['native']}").inner_text()
+
+    # Log out: the session's token is revoked and the pages ask for a login again.
+    page.click("header button")
+    page.wait_for_url(re.compile(r"/ui/login$"))
+    page.goto("/ui/")
+    assert page.url.endswith("/ui/login")
     page.context.close()
 
 
