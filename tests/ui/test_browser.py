@@ -153,3 +153,38 @@ def test_a_read_only_user_sees_disabled_controls_and_the_api_refuses(
              body: JSON.stringify({name: 'csrf'})}).then(r => r.status)""")
     assert status == 401
     page.context.close()
+
+
+def test_vm_actions_add_vtpm_add_disk_migrate_unregister_delete(
+        browser: Any, control: Control) -> None:
+    created = control.api.post("/api/v1/vms", json={
+        "name": "act-1", "datastore_id": control.ids["datastore"],
+        "host_id": control.ids["esx-1"], "disks": [65536],
+        "storage_policy_id": control.ids["policy"]})
+    assert created.status_code == 201, created.text
+    vm_id = created.json()["id"]
+    page = _login(browser, control, "administrator")
+    page.goto(f"/ui/vms/{vm_id}")
+
+    def done(what: str) -> None:
+        page.locator("#flash.ok", has_text=what).wait_for()
+        page.evaluate("document.getElementById('flash').className = ''")
+
+    page.click("#add-vtpm")
+    done("done")
+    page.locator("#vtpm", has_text="present").wait_for()
+    page.locator("fieldset button", has_text="Add disk").click()
+    done("disk added")
+    page.locator("#disk-1", has_text="encrypted").wait_for()
+    page.locator("fieldset button", has_text="Migrate").click()
+    done("migrated")
+    page.locator("p", has_text="host esx-2").wait_for()
+    vm = control.api.get(f"/api/v1/vms/{vm_id}").json()
+    assert vm["host_id"] == control.ids["esx-2"] and vm["vtpm"] and len(vm["disks"]) == 2
+    page.locator("fieldset button", has_text="Unregister").click()
+    done("done")
+    page.locator("p", has_text="unregistered").wait_for()
+    page.locator("fieldset button", has_text="Delete").click()
+    page.wait_for_url(re.compile(r"/ui/$"))
+    assert control.api.get(f"/api/v1/vms/{vm_id}").status_code == 404
+    page.context.close()
