@@ -74,6 +74,15 @@ def test_login_create_encrypted_vm_decrypt_a_disk_and_see_events(
     # A deep re-key of disk 1 is a job too.
     page.locator("#disk-1 button", has_text="Re-key (deep)").click()
     page.locator("#jobs .job[data-state=succeeded] >> nth=1").wait_for()
+    # Encrypt disk 0 again (a job), then a shallow re-key of VM home (answered at once).
+    page.click("#encrypt-disk-0")
+    page.locator("#jobs .job[data-state=succeeded] >> nth=2").wait_for()
+    page.locator("#disk-0 #decrypt-disk-0").wait_for()  # offered again: it is encrypted
+    vm_id = int(page.url.rsplit("/", 1)[1])
+    assert control.api.get(f"/api/v1/vms/{vm_id}").json()["disks"][0]["encrypted"]
+    page.evaluate("document.getElementById('flash').className = ''")
+    page.locator("#home button", has_text="Re-key (shallow)").click()
+    page.locator("#flash.ok", has_text="done").wait_for()
 
     # Events: newest first, filtered by type, updating by themselves.
     page.goto("/ui/events")
