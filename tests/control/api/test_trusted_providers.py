@@ -182,6 +182,9 @@ def test_untrusted_host_locks_its_vms_until_restored(world: dict[str, Any]) -> N
     assert locked["locked"] and locked["lock_reason"] == "host_not_attested"
     lock = _events(world["database"], "vm.locked")[-1]
     assert "'vmcrypt' does not match" in lock.message
+    # A reconnect pushes standard KEKs; it must not clear an attestation lock.
+    ok("POST", f"/hosts/{world['host']}/reconnect")
+    assert ok("GET", f"/vms/{vm['id']}")["lock_reason"] == "host_not_attested"
     authority.measurements.update(GOOD)  # restored
     assert ok("POST", f"/hosts/{world['host']}/attestation")["state"] == "attested"
     assert not ok("GET", f"/vms/{vm['id']}")["locked"]

@@ -286,12 +286,19 @@ def _fetch(session: Session, row: KeyProvider, key_ids: list[str],
         provider.close()
 
 
+#: Locks that key distribution does not set and must not clear: a trusted provider's VM
+#: is locked by its host's attestation (``services/trusted.py``), not by pushed KEKs.
+_NOT_OURS = frozenset({LockReason.HOST_NOT_ATTESTED, LockReason.TRUSTED_PROVIDER_UNAVAILABLE})
+
+
 def _apply_locks(session: Session, host: Host, failures: dict[str, LockReason],
                  report: ReconnectReport) -> None:
     scope = VirtualMachine.host_id == host.id
     if host.cluster_id is not None:
         scope = scope | (VirtualMachine.cluster_id == host.cluster_id)
     for vm in session.scalars(select(VirtualMachine).where(scope, VirtualMachine.registered)):
+        if vm.locked and vm.lock_reason in _NOT_OURS:
+            continue  # a trusted-provider lock: only the host's attestation clears it
         key_ids = [r.key_id for r in _standard_records(session, vm.id)]
         reason = next((failures[k] for k in key_ids if k in failures), None)
         was_locked = vm.locked
