@@ -34,6 +34,9 @@ class HostHealth:
     jobs_running: int | None = None
     latency_ms: float | None = None
     error: str | None = None
+    #: The host's attestation with its Trust Authority as its ``/health`` reported it
+    #: (state, reason, when; never a token), or None for a host without one.
+    attestation: dict[str, object] | None = None
     checked_at: datetime = field(default_factory=_now)
 
 

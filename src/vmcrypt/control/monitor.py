@@ -195,7 +195,8 @@ class HostMonitor:
         self.health.set_host(HostHealth(
             name=target.name, connected=True, keks=_count(body, "keks"),
             native_providers=_count(body, "native_providers"), vms=_count(body, "vms"),
-            jobs_running=_count(body, "jobs_running"), latency_ms=probe.latency_ms))
+            jobs_running=_count(body, "jobs_running"), latency_ms=probe.latency_ms,
+            attestation=_attestation(body)))
 
     def _settle(self, target: _Target, probe: _Answer | VmcryptError) -> HostCheck:
         """Act on one probe in the host's own transaction, when anything must change."""
@@ -300,3 +301,12 @@ class HostMonitor:
             except Exception as exc:  # the monitor must outlive a bad pass
                 logger.error("host monitor pass failed (%s)", type(exc).__name__)
             self._stop.wait(self.interval)
+
+
+def _attestation(body: dict[str, Any]) -> dict[str, object] | None:
+    """The host's reported attestation (a plain mapping of short fields), if any."""
+    value = body.get("attestation")
+    if not isinstance(value, dict):
+        return None
+    return {str(k): v for k, v in value.items() if isinstance(v, str | int | float | bool)
+            or v is None}

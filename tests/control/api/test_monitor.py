@@ -307,6 +307,8 @@ async def test_every_probe_puts_the_host_on_the_health_board(
     body = (await control.get(f"{API}/hosts/{ids['esx-a']}", headers=admin)).json()
     assert body["health"]["connected"] and body["health"]["keks"] == 1
     assert body["health"]["checked_at"]
+    # A host without a Trust Authority reports its attestation as unset.
+    assert body["health"]["attestation"]["state"] == "unset"
     # Counts only: the host page never shows which keys a host holds.
     assert vm_key_id(created.json()) not in str(body)
 

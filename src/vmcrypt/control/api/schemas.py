@@ -10,7 +10,7 @@ list only what a reader may see: never a sealed key, a token hash or a key.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -384,6 +384,9 @@ class HostHealthPublic(BaseModel):
     jobs_running: int | None = None
     latency_ms: float | None = None
     error: str | None = None
+    attestation: dict[str, Any] | None = Field(
+        default=None, description="the host's attestation (state, reason, when), if it "
+        "uses a Trust Authority")
     checked_at: datetime
 
 

@@ -55,5 +55,5 @@ def get(host_id: int, session: SessionDep, request: Request) -> HostDetailPublic
     health = None if seen is None else HostHealthPublic(
         connected=seen.connected, keks=seen.keks, native_providers=seen.native_providers,
         vms=seen.vms, jobs_running=seen.jobs_running, latency_ms=seen.latency_ms,
-        error=seen.error, checked_at=seen.checked_at)
+        error=seen.error, attestation=seen.attestation, checked_at=seen.checked_at)
     return HostDetailPublic.model_validate(host).model_copy(update={"health": health})
