@@ -10,8 +10,7 @@ docstring).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +44,8 @@ __all__ = ["UI_PREFIX", "create_ui"]
 UI_PREFIX: Final = "/ui"
 _HERE = Path(__file__).parent
 _EVENT_LIMIT: Final = 200
+#: A page's builder: (template name, context) from the request and a read session.
+_Build = Callable[[Request, Session], tuple[str, dict[str, Any]]]
 _SINCE: Final = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1),
                  "24h": timedelta(days=1), "7d": timedelta(days=7)}
 
@@ -58,11 +59,6 @@ def create_ui(database: Database, health: HealthBoard) -> FastAPI:
     ui = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     templates = Jinja2Templates(directory=str(_HERE / "templates"))
     ui.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-
-    @contextmanager
-    def reading() -> Iterator[Session]:
-        with database.transaction() as session:
-            yield session
 
     def principal_of(request: Request, session: Session) -> Principal | None:
         token = request.cookies.get(SESSION_COOKIE)
@@ -82,11 +78,12 @@ def create_ui(database: Database, health: HealthBoard) -> FastAPI:
         return templates.TemplateResponse(request, name, {
             "me": principal, "can": can, "P": p, **context})
 
-    def page(build: Any) -> Any:
-        # Runs ``build(session, principal)`` off the event loop; no user: the log-in page.
+    def page(build: _Build) -> Callable[[Request], Awaitable[Response]]:
+        # One page: ``build(request, session)`` names the template and its context; it
+        # runs off the event loop in a read transaction. No live session: the log-in page.
         async def endpoint(request: Request) -> Response:
             def run() -> Response:
-                with reading() as session:
+                with database.transaction() as session:
                     principal = principal_of(request, session)
                     if principal is None:
                         return RedirectResponse(f"{UI_PREFIX}/login", status_code=303)
