@@ -162,6 +162,11 @@ def test_create_pushes_no_key_and_records_the_ciphertext(world: dict[str, Any],
     assert len(_events(world["database"], "trust.attestation.passed")) == 1
     ok("GET", f"/hosts/{world['host']}/attestation")  # no change: no new event
     assert len(_events(world["database"], "trust.attestation.passed")) == 1
+    # Unregistering drops the VM's trusted KEK from the host's cache (files stay).
+    other = _create(world, "vm-u")
+    cached = len(state.cache.key_ids())
+    ok("POST", f"/vms/{other['id']}/unregister")
+    assert len(state.cache.key_ids()) == cached - 1
     ok("DELETE", f"/vms/{vm['id']}", 204)
     assert state.cache.key_ids() == []
 

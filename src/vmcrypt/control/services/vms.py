@@ -167,6 +167,7 @@ def unregister(session: Session, hosts: HostConnector, vm: VirtualMachine, *,
     if not vm.registered:
         raise Conflict(f"VM {vm.name!r} is not registered")
     dropped = forget_keks(session, hosts, vm)
+    trusted.forget_vm(session, hosts, vm)  # trusted KEKs are cached by VM, not by key ID
     _event(session, vm, "unregister", user_name, details={"dropped_key_ids": dropped})
     set_registration(session, vm_id=vm.id, host_id=None)
     return dropped
