@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from pathlib import Path
 from unittest import mock
 
 import httpx
@@ -124,3 +125,19 @@ def test_two_apps_keep_their_own_counters(database: Database) -> None:
     first.state.metrics.operations.labels(operation="x.y", result="succeeded").inc()
     assert b"x.y" in first.state.metrics.render()
     assert b"x.y" not in second.state.metrics.render()
+
+
+def test_the_root_address_leads_to_the_web_client(tmp_path: Path) -> None:
+    """A browser pointed at the control plane's address lands on the web UI."""
+    from starlette.testclient import TestClient
+
+    from vmcrypt.control.db.engine import open_database
+
+    database = open_database(tmp_path / "control.db")
+    try:
+        with TestClient(create_app(database, master_key=bytes(32))) as client:
+            response = client.get("/", follow_redirects=False)
+            assert response.status_code == 307
+            assert response.headers["location"] == "/ui/"
+    finally:
+        database.close()

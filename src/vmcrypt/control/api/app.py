@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import RedirectResponse
 
 from vmcrypt.control.api.errors import install_error_handlers
 from vmcrypt.control.api.routers import ROUTERS, enrolment, jobs, sessions, vms
@@ -80,3 +81,9 @@ def _add_ui_and_metrics(app: FastAPI, database: Database, health: HealthBoard) -
     app.add_middleware(OperationsMiddleware, metrics=metrics)
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
     app.mount("/ui", create_ui(database, health), name="ui")
+    app.add_route("/", _to_ui, methods=["GET"], include_in_schema=False)
+
+
+async def _to_ui(request: Request) -> Response:
+    """A browser pointed at the control plane's address lands on the web client."""
+    return RedirectResponse("/ui/", status_code=307)
