@@ -23,6 +23,7 @@ import typer
 
 from vmcrypt.cli.serving import configure_server_logging
 from vmcrypt.exceptions import UsageError, VmcryptError
+from vmcrypt.listen import listen
 
 if TYPE_CHECKING:
     from vmcrypt.host.trust import TrustLink
@@ -33,20 +34,6 @@ app = typer.Typer(
     help="The host agent: KEKs in memory, VM homes and disks encrypted on a datastore.",
     no_args_is_help=True,
 )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    # Bound (and listening) before the line is printed, so a script may connect at once.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    return sock
 
 
 @app.command()
@@ -134,7 +121,7 @@ def serve(
     except ValueError:
         raise UsageError(f"--hardware-uuid {hardware_uuid!r} is not a UUID") from None
     # Bound before enrolling, so the URL the control plane records has the real port.
-    sock = _bind(host, port)
+    sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     state_name = name or socket.gethostname()
     if enrol_url is not None:

@@ -17,7 +17,6 @@ both write to the app's health board (``app.state.health``), which the API reads
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import socket
@@ -45,6 +44,7 @@ from vmcrypt.control.provider_monitor import ProviderMonitor
 from vmcrypt.control.settings import CLIENT_IDENTITY, ControlSettings
 from vmcrypt.exceptions import UsageError
 from vmcrypt.kms.master_key import load_master_key
+from vmcrypt.listen import listen
 from vmcrypt.pki import (
     CertificateAuthority,
     client_context,
@@ -177,18 +177,7 @@ def build_app(settings: ControlSettings, prepared: Prepared,
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or one clear line when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"{host}:{port} is already in use; choose another --port") from None
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    return sock
+    return listen(host, port)
 
 
 def serve(settings: ControlSettings, *, log_level: str = "info",

@@ -19,7 +19,6 @@ the listening line is announced.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import signal
 import socket
@@ -37,6 +36,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from vmcrypt.exceptions import UsageError
+from vmcrypt.listen import listen
 from vmcrypt.pki import init_pki, server_context
 from vmcrypt.pki.layout import CertFiles, cert_files
 from vmcrypt.trust.api import create_app
@@ -174,18 +174,7 @@ class PeerCertH11Protocol(H11Protocol):
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, or one clear line when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"{host}:{port} is already in use; choose another --port") from None
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    return sock
+    return listen(host, port)
 
 
 def serve(settings: TrustSettings, *, log_level: str = "info",
