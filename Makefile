@@ -51,6 +51,7 @@ bench: $(STAMP) sysdeps-bench
 	$(PY) bench/disk_throughput.py
 	$(PY) bench/kms.py
 	$(PY) bench/control.py
+	$(PY) bench/trust.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
