@@ -23,7 +23,6 @@ before the destination committed leaves the VM where it was, registered, intact.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import time
 import uuid
@@ -55,7 +54,6 @@ from vmcrypt.control.db.repo import (
     encryption_records,
     finish_job,
     list_jobs,
-    record_encryption,
     report_progress,
     set_registration,
 )
@@ -71,6 +69,7 @@ from vmcrypt.control.services.keys import (
     load_standard,
     push_native_provider,
 )
+from vmcrypt.control.services.records import record_from_host
 from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
 from vmcrypt.providers.exceptions import AddKeysToHostFailed
 
@@ -185,10 +184,10 @@ def settle_clone(session: Session, hosts: HostConnector, job: Job) -> VirtualMac
              for d in view.get("disks", [])}
     home = view.get("home")
     if home is not None:
-        _record(session, made, None, home)
+        record_from_host(session, made, None, home)
         for disk in view.get("disks", []):
             if disk.get("encryption"):
-                _record(session, made, disks[int(disk["index"])].id, disk["encryption"])
+                record_from_host(session, made, disks[int(disk["index"])].id, disk["encryption"])
     session.flush()
     crypto_event(session, operation="clone", vm=made, component="all",
                  user_name=job.user_name, provider=None if home is None else home["provider_id"],
@@ -264,19 +263,6 @@ def _discard(session: Session, hosts: HostConnector, job: Job, source: VirtualMa
                          "nothing of it was kept",
                  details={"job_id": job.id, "clone_instance_uuid":
                           started.get("clone_instance_uuid"), "result": job.state.value})
-
-
-def _record(session: Session, vm: VirtualMachine, disk_id: int | None,
-            facts: dict[str, Any]) -> None:
-    provider = session.scalars(
-        select(KeyProvider).where(KeyProvider.name == facts["provider_id"])).one()
-    wrapped = facts.get("wrapped_kek")
-    if facts.get("key_id") is not None:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, key_id=facts["key_id"])
-    elif wrapped:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, wrapped_kek=base64.b64decode(wrapped))
 
 
 # -- migrate --------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from vmcrypt.control.services.keys import (
     push_native_provider,
     refresh_vm_keys,
 )
+from vmcrypt.control.services.records import record_from_host
 from vmcrypt.exceptions import UsageError, VmcryptError
 from vmcrypt.kmip.client import KmipClient
 from vmcrypt.kmip.exceptions import KmipConnectionError, KmipError, OperationFailed
@@ -243,12 +244,12 @@ def _adopt(session: Session, hosts: HostConnector, vm: VirtualMachine, host: Hos
                                                     index=int(disk["index"]))
     seen: set[int | None] = set()
     if view.get("home") is not None:
-        _record_facts(session, vm, None, view["home"])
+        record_from_host(session, vm, None, view["home"])
         seen.add(None)
     for disk in view.get("disks", []):
         if disk.get("encryption"):
             row = by_index[int(disk["index"])]
-            _record_facts(session, vm, row.id, disk["encryption"])
+            record_from_host(session, vm, row.id, disk["encryption"])
             seen.add(row.id)
     for record in encryption_records(session, vm_id=vm.id):
         if record.disk_id not in seen:
@@ -272,20 +273,6 @@ def _adopt(session: Session, hosts: HostConnector, vm: VirtualMachine, host: Hos
                           "lock_reason": reason.value if reason else None,
                           "key_ids": sorted({r.key_id for r in records if r.key_id})})
     return vm
-
-
-def _record_facts(session: Session, vm: VirtualMachine, disk_id: int | None,
-                  facts: dict[str, Any]) -> None:
-    """One component's record from a host keySafe: the key ID, or the wrapped KEK."""
-    provider = session.scalars(
-        select(KeyProvider).where(KeyProvider.name == facts["provider_id"])).one()
-    wrapped = facts.get("wrapped_kek")
-    if facts.get("key_id") is not None:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, key_id=facts["key_id"])
-    elif wrapped:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, wrapped_kek=base64.b64decode(wrapped))
 
 
 def _known_providers(session: Session, view: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ memory on its way to the hosts and is never stored here.
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -28,7 +27,6 @@ from vmcrypt.control.db.repo import (
     clear_encryption,
     default_provider,
     encryption_records,
-    record_encryption,
     report_progress,
 )
 from vmcrypt.control.db.repo._common import fetch
@@ -40,6 +38,7 @@ from vmcrypt.control.services.keys import (
     load_standard,
     push_kek,
 )
+from vmcrypt.control.services.records import record_from_host
 from vmcrypt.control.services.vms import MAX_DISK_SIZE, SECTOR, host_of
 from vmcrypt.providers import COMPONENT_VM, KekRef, KeyOwner
 
@@ -133,13 +132,13 @@ def _sync_records(session: Session, client: HostClient, vm: VirtualMachine) -> N
     by_index = {d.index: d for d in vm.disks}
     home = view.get("home")
     if home is not None:
-        _record(session, vm, None, home)
+        record_from_host(session, vm, None, home)
     for disk in view.get("disks", []):
         row = by_index.get(int(disk["index"]))
         if row is None:
             continue
         if disk.get("encryption"):
-            _record(session, vm, row.id, disk["encryption"])
+            record_from_host(session, vm, row.id, disk["encryption"])
         elif f"disk-{row.index}" in current:
             clear_encryption(session, vm_id=vm.id, disk_id=row.id)
     if home is None and "home" in current:
@@ -147,23 +146,6 @@ def _sync_records(session: Session, client: HostClient, vm: VirtualMachine) -> N
     vm.has_vtpm = bool(view.get("vtpm", vm.has_vtpm))
     session.flush()
 
-def _record(session: Session, vm: VirtualMachine, disk_id: int | None,
-            facts: dict[str, Any]) -> None:
-    provider = session.scalars(
-        select(KeyProvider).where(KeyProvider.name == facts["provider_id"])).one()
-    existing = next((r for r in encryption_records(session, vm_id=vm.id)
-                     if r.disk_id == disk_id), None)
-    wrapped = facts.get("wrapped_kek")
-    if existing is not None and existing.key_provider_id == provider.id and (
-            existing.key_id == facts.get("key_id")) and (
-            existing.wrapped_kek == (base64.b64decode(wrapped) if wrapped else None)):
-        return  # unchanged: keep the record (and its creation time)
-    if facts.get("key_id") is not None:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, key_id=facts["key_id"])
-    elif wrapped:
-        record_encryption(session, vm_id=vm.id, key_provider_id=provider.id,
-                          disk_id=disk_id, wrapped_kek=base64.b64decode(wrapped))
 
 def _drop_unused(session: Session, hosts: HostConnector, vm: VirtualMachine,
                  keys: set[tuple[str, str]]) -> None:
