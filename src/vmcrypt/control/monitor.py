@@ -48,6 +48,7 @@ from vmcrypt.control.db.models import ConnectionState, Host, Severity
 from vmcrypt.control.db.repo import append_event
 from vmcrypt.control.health import HealthBoard, HostHealth
 from vmcrypt.control.pinning import HostCertificateMismatch, HostNotEnrolled
+from vmcrypt.control.poller import Poller
 from vmcrypt.control.services.keys import HostConnector, reconnect_host
 from vmcrypt.exceptions import VmcryptError
 
@@ -115,7 +116,7 @@ def _count(body: dict[str, Any], name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class HostMonitor:
+class HostMonitor(Poller):
     """Polls hosts' health and reconnects the ones that (re)appear.
 
     :meth:`check_once` is one synchronous pass (what tests call); :meth:`start` runs it
@@ -124,22 +125,20 @@ class HostMonitor:
     ``health`` (the app's board in ``control serve``; a private one when not given).
     """
 
+    what = "host monitor"
+
     def __init__(self, database: Database, hosts: HostConnector, *, sealing_key: bytes,
                  interval: float = DEFAULT_INTERVAL,
                  on_check: Callable[[list[HostCheck]], None] | None = None,
                  health: HealthBoard | None = None) -> None:
-        if interval <= 0:
-            raise ValueError("the host check interval must be positive")
+        super().__init__(interval)
         self._database = database
         self._hosts = hosts
         self._sealing_key = sealing_key
-        self.interval = interval
         self._on_check = on_check
         self.health = health if health is not None else HealthBoard()
         self._boot_ids: dict[int, str] = {}
         self._last_error: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pass_lock = threading.Lock()
 
     # --- one pass -----------------------------------------------------------------------
@@ -275,32 +274,6 @@ class HostMonitor:
                      details={"error": kind})
         logger.warning("host %s is not responding (%s)", host.name, kind)
         session.flush()
-
-    # --- the background thread ----------------------------------------------------------
-
-    def start(self) -> None:
-        """Poll in a daemon thread, first at once, then every ``interval`` seconds."""
-        if self._thread is not None:
-            raise RuntimeError("the host monitor is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vmcrypt-host-monitor",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop polling and wait (up to ``timeout``) for a pass under way to finish."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check_once()
-            except Exception as exc:  # the monitor must outlive a bad pass
-                logger.error("host monitor pass failed (%s)", type(exc).__name__)
-            self._stop.wait(self.interval)
 
 
 def _attestation(body: dict[str, Any]) -> dict[str, object] | None:

@@ -42,6 +42,7 @@ from vmcrypt.control.db.models import KeyProvider as ProviderRow
 from vmcrypt.control.db.models import ProviderKind, Severity
 from vmcrypt.control.db.repo import append_event
 from vmcrypt.control.health import HealthBoard
+from vmcrypt.control.poller import Poller
 from vmcrypt.control.services.keys import load_native, load_standard
 from vmcrypt.exceptions import VmcryptError
 from vmcrypt.providers import KeyProvider, StandardKeyProvider
@@ -83,29 +84,27 @@ class _Target:
     error: str | None = None
 
 
-class ProviderMonitor:
+class ProviderMonitor(Poller):
     """Probes key providers' health, writes it to the board, records changes as events.
 
     :meth:`check_once` is one synchronous pass (what tests call); :meth:`start` runs it
     every ``interval`` seconds in a daemon thread until :meth:`stop`.
     """
 
+    what = "provider monitor"
+
     def __init__(self, database: Database, *, sealing_key: bytes, health: HealthBoard,
                  interval: float = DEFAULT_PROVIDER_INTERVAL,
                  timeout: float = PROBE_TIMEOUT,
                  on_check: Callable[[list[ProviderCheck]], None] | None = None) -> None:
-        if interval <= 0:
-            raise ValueError("the provider check interval must be positive")
+        super().__init__(interval)
         if timeout <= 0:
             raise ValueError("the provider probe timeout must be positive")
         self._database = database
         self._sealing_key = sealing_key
         self.health = health
-        self.interval = interval
         self.timeout = timeout
         self._on_check = on_check
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pass_lock = threading.Lock()
 
     # --- one pass -----------------------------------------------------------------------
@@ -195,32 +194,6 @@ class ProviderMonitor:
                                  error=type(exc).__name__)
         logger.info("key provider %s is %s", target.name, health.state)
         return ProviderCheck(target.id, target.name, health.state, changed=True)
-
-    # --- the background thread ----------------------------------------------------------
-
-    def start(self) -> None:
-        """Probe in a daemon thread, first at once, then every ``interval`` seconds."""
-        if self._thread is not None:
-            raise RuntimeError("the provider monitor is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vmcrypt-kp-monitor",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop probing and wait (up to ``timeout``) for a pass under way to finish."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check_once()
-            except Exception as exc:  # the monitor must outlive a bad pass
-                logger.error("provider monitor pass failed (%s)", type(exc).__name__)
-            self._stop.wait(self.interval)
 
 
 # --- what changed, and how to say it -----------------------------------------------------
