@@ -21,7 +21,8 @@ an app with an in-process host connector, so every route is mounted):
 ``host``            host ``seed`` of ``cluster``, an in-process agent (empty key cache)
 ``other_host``      host ``seed-2`` of the same cluster (a migration target)
 ``datastore``       the cluster's datastore (a temporary folder the hosts share)
-``standard``        a standard key provider (its KMS is not running: never reached)
+``standard``        a standard key provider (its KMS is not running: never reached),
+                    with two KMS servers; ``standard_server`` is the second one's ID
 ``native``          a native provider, not backed up (for the backup routes)
 ``enc_provider``    the default provider: native, usable (risk acknowledged), on the hosts
 ``policy``          a storage policy without encryption
@@ -171,6 +172,9 @@ ROUTES: tuple[Route, ...] = (
                     "host_id": ids["host"]}),
     # Health from the monitors' board (tests/control/api/test_health.py).
     _r("GET", "/key-providers/{standard}/health", READ, 200),
+    _r("POST", "/key-providers/{standard}/kms-servers", KEYS, 201, lambda ids: {
+        "name": f"c-{ids['n']}", "address": "kms-3"}),
+    _r("DELETE", "/key-providers/{standard}/kms-servers/{standard_server}", KEYS, 204),
     # Web sessions (sessions.py): logout, and setting a password. POST /sessions (log in)
     # is a plain route outside this table — its credential is a password, which no seeded
     # user has; tests/control/test_passwords.py covers it.

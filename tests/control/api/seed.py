@@ -50,8 +50,11 @@ async def seed(client: httpx.AsyncClient, admin_token: str, backup: tuple[bytes,
         "api_url": "https://seed-2:8443"})
     ids["datastore"] = await new("/datastores", {
         "name": "seed", "path": str(datastore or "/srv/seed"), "cluster_id": ids["cluster"]})
-    ids["standard"] = await new("/key-providers/standard", {
-        "name": "seed-kmip", "kms_servers": [{"name": "a", "address": "kms"}]})
+    standard = await post("/key-providers/standard", {
+        "name": "seed-kmip", "kms_servers": [{"name": "a", "address": "kms"},
+                                             {"name": "b", "address": "kms-2"}]})
+    ids["standard"] = int(standard["id"])
+    ids["standard_server"] = int(standard["kms_servers"][1]["id"])
     ids["native"] = await new("/key-providers/native", {"name": "seed-native"})
     ids["policy"] = await new("/storage-policies", {"name": "seed", "encryption": False})
     ids["user"] = await new("/users", {"name": "seed", "role": "Read-only"})

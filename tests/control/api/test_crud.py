@@ -82,6 +82,43 @@ async def test_key_providers_standard_default_delete(client: httpx.AsyncClient,
     assert missing.status_code == 404
 
 
+async def test_kms_servers_added_and_removed_one_by_one(client: httpx.AsyncClient,
+                                                        tokens: dict[str, str]) -> None:
+    """A server is appended last in failover order; removing one closes the gap; the
+    last server stays; natives have none; unknown IDs are 404."""
+    admin = auth(tokens["admin"])
+    provider = (await client.post(f"{API}/key-providers/standard", headers=admin, json={
+        "name": "kmip", "kms_servers": [{"name": "a", "address": "kms-a"}]})).json()
+    base = f"{API}/key-providers/{provider['id']}/kms-servers"
+    for name in ("b", "c"):
+        added = await client.post(base, headers=admin, json={"name": name,
+                                                             "address": f"kms-{name}"})
+        assert added.status_code == 201, added.text
+    servers = (await client.get(f"{API}/key-providers/{provider['id']}",
+                                headers=admin)).json()["kms_servers"]
+    assert [(s["name"], s["position"]) for s in servers] == [("a", 0), ("b", 1), ("c", 2)]
+
+    gone = await client.delete(f"{base}/{servers[1]['id']}", headers=admin)
+    assert gone.status_code == 204
+    servers = (await client.get(f"{API}/key-providers/{provider['id']}",
+                                headers=admin)).json()["kms_servers"]
+    assert [(s["name"], s["position"]) for s in servers] == [("a", 0), ("c", 1)]
+    assert (await client.delete(f"{base}/{servers[0]['id']}", headers=admin)).status_code == 204
+    last = await client.delete(f"{base}/{servers[1]['id']}", headers=admin)
+    assert last.status_code == 409 and "last KMS server" in last.json()["message"]
+    unknown = await client.delete(f"{base}/999999", headers=admin)
+    assert unknown.status_code == 404
+
+    native = (await client.post(f"{API}/key-providers/native", headers=admin,
+                                json={"name": "nkp"})).json()
+    refused = await client.post(f"{API}/key-providers/{native['id']}/kms-servers",
+                                headers=admin, json={"name": "x", "address": "kms-x"})
+    assert refused.status_code == 409 and "standard" in refused.json()["message"]
+    bad = await client.post(base, headers=admin, json={"name": "y", "address": "kms-y",
+                                                       "port": 70000})
+    assert bad.status_code == 422
+
+
 async def test_a_private_key_pem_is_refused_without_echo(client: httpx.AsyncClient,
                                                          tokens: dict[str, str]) -> None:
     secret = "-----BEGIN PRIVATE KEY-----\nTUlJU0VDUkVUS0VZ\n-----END PRIVATE KEY-----\n"

@@ -34,6 +34,8 @@ from vmcrypt.control.api.schemas import (
     KeyProviderHealthPublic,
     KeyProviderPublic,
     KeyProviderWithHealthPublic,
+    KmsServerCreate,
+    KmsServerPublic,
     NativeProviderCreate,
     ProviderHealthPublic,
     RestoreRequest,
@@ -45,6 +47,7 @@ from vmcrypt.control.db.repo import (
     add_kms_server,
     append_event,
     create_key_provider,
+    remove_kms_server,
     set_default_provider,
 )
 from vmcrypt.control.db.repo._common import fetch
@@ -151,6 +154,28 @@ def create_standard(body: StandardProviderCreate, session: SessionDep) -> KeyPro
             client_key_path=server.client_key_path,
         )
     return KeyProviderPublic.model_validate(provider)
+
+
+@router.post("/{provider_id}/kms-servers", status_code=201, dependencies=[_MANAGE])
+def add_server(provider_id: int, body: KmsServerCreate, session: SessionDep) -> KmsServerPublic:
+    """Append a KMS server to a standard provider's failover order (tried last)."""
+    provider = fetch(session, KeyProvider, provider_id)
+    if provider.kind is not ProviderKind.STANDARD:
+        raise Conflict(f"key provider {provider.name!r} is {provider.kind}: KMS servers "
+                       "are added to standard providers")
+    server = add_kms_server(
+        session, provider_id=provider.id, name=body.name, address=body.address,
+        port=body.port, ca_pem=body.ca_pem, client_cert_pem=body.client_cert_pem,
+        client_key_path=body.client_key_path)
+    return KmsServerPublic.model_validate(server)
+
+
+@router.delete("/{provider_id}/kms-servers/{server_id}", status_code=204,
+               dependencies=[_MANAGE])
+def remove_server(provider_id: int, server_id: int, session: SessionDep) -> Response:
+    """Take a KMS server out of the failover order; the last one stays."""
+    remove_kms_server(session, provider_id=provider_id, server_id=server_id)
+    return Response(status_code=204)
 
 
 @router.post("/native", status_code=201, dependencies=[_MANAGE])

@@ -51,6 +51,7 @@ from vmcrypt.control.db.repo.keys import (
     encryption_records,
     key_ids_for_host,
     record_encryption,
+    remove_kms_server,
     set_default_provider,
 )
 from vmcrypt.control.db.repo.passwords import (
@@ -93,6 +94,7 @@ __all__ = [
     "login",
     "privileges_of",
     "record_encryption",
+    "remove_kms_server",
     "report_progress",
     "request_cancel",
     "require_privilege",

@@ -34,6 +34,7 @@ __all__ = [
     "encryption_records",
     "key_ids_for_host",
     "record_encryption",
+    "remove_kms_server",
     "set_default_provider",
 ]
 
@@ -123,6 +124,30 @@ def add_kms_server(
     provider.kms_servers.append(server)
     session.flush()
     return server
+
+
+def remove_kms_server(session: Session, *, provider_id: int, server_id: int) -> None:
+    """Take one KMS server out of a standard provider's failover list.
+
+    The provider keeps at least one server (it could reach no key otherwise), and the
+    others close up so the failover order stays 0, 1, 2…
+    """
+    provider = fetch(session, KeyProvider, provider_id)
+    server = next((s for s in provider.kms_servers if s.id == server_id), None)
+    if server is None:
+        raise NotFound(f"key provider {provider.name!r} has no KMS server {server_id}")
+    if provider.kind is not ProviderKind.STANDARD:
+        raise Conflict(f"key provider {provider.name!r} is {provider.kind}: only a standard "
+                       "provider's KMS servers can be removed one by one")
+    if len(provider.kms_servers) == 1:
+        raise Conflict(f"{server.name!r} is the last KMS server of {provider.name!r}: add "
+                       "another first, or delete the provider")
+    provider.kms_servers.remove(server)
+    session.delete(server)
+    for position, remaining in enumerate(sorted(provider.kms_servers,
+                                                key=lambda s: s.position)):
+        remaining.position = position
+    session.flush()
 
 
 def create_storage_policy(
