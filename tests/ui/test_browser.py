@@ -121,6 +121,22 @@ def test_login_create_encrypted_vm_decrypt_a_disk_and_see_events(
     page.locator("#flash.ok", has_text="backup holds").wait_for()
     assert "backed up" in page.locator(f"#provider-{control.ids['native']}").inner_text()
 
+    # A second KMS server for the standard provider, then removed again; the last stays.
+    adding = page.locator("tr.add-server form").first
+    adding.locator("input[name=name]").fill("kms-2")
+    adding.locator("input[name=address]").fill("kms2.example.com")
+    adding.locator("button[type=submit]").click()
+    page.locator("#flash.ok", has_text="KMS server added").wait_for()
+    page.locator("tr.kms-server", has_text="kms2.example.com:5696").wait_for()
+    servers = control.api.get(f"/api/v1/key-providers/{control.ids['standard']}").json()[
+        "kms_servers"]
+    assert [s["name"] for s in servers] == ["kms-1", "kms-2"]
+    page.locator("tr.kms-server", has_text="kms2.example.com").locator(
+        "button.remove-server").click()
+    page.locator("tr.kms-server", has_text="kms2.example.com").wait_for(state="detached")
+    last = page.locator("tr.kms-server", has_text="kms-1").locator("button.remove-server")
+    assert last.is_disabled()
+
     # Log out: the session's token is revoked and the pages ask for a login again.
     page.click("header button")
     page.wait_for_url(re.compile(r"/ui/login$"))
