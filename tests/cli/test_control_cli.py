@@ -179,6 +179,14 @@ def test_key_providers_and_policies(control: Control) -> None:
     assert providers["corp"]["is_default"] is True
     table = control.ok("kp", "info", "corp").stdout.decode()
     assert "kms1:5696" in table and "BEGIN CERTIFICATE" not in table
+    added = control.ok("kp", "add-server", "corp", "--server", "kms3:5698", "--kms-ca", ca,
+                       "--json").json
+    assert (added["name"], added["address"], added["port"], added["position"]) == (
+        "kms3", "kms3", 5698, 2)
+    control.ok("kp", "rm-server", "corp", "kms2")
+    servers = control.ok("kp", "info", "corp", "--json").json["kms_servers"]
+    assert [(s["name"], s["position"]) for s in servers] == [("kms1", 0), ("kms3", 1)]
+    control.fails("kp", "rm-server", "corp", "kms9", code="UsageError", phrase="kms1, kms3")
     policy = control.ok("policy", "create", "VM Encryption", "--provider", "corp",
                         "--json").json
     assert policy["key_provider_id"] == corp["id"] and policy["encryption"] is True

@@ -129,6 +129,67 @@ def add_kmip(
     emit(as_json, created if as_json else _summary(created), title=f"key provider {name}")
 
 
+@kp_app.command("add-server")
+def add_server(
+    name: Annotated[str, typer.Argument(help="The standard provider to add a KMS to.")],
+    server: Annotated[str, typer.Option("--server", help="The KMS as HOST:PORT; it is "
+                                        "tried after the provider's other servers.")],
+    kms_ca: Annotated[Path, typer.Option("--kms-ca", help="CA certificate (PEM) of the "
+                                         "KMS.")],
+    server_name: Annotated[
+        str | None, typer.Option("--name", help="A name for this KMS (default kmsN).")
+    ] = None,
+    client_cert: Annotated[
+        Path | None, typer.Option("--client-cert", help="The control plane's client "
+                                  "certificate (PEM) for the KMS.")
+    ] = None,
+    client_key: Annotated[
+        str | None, typer.Option("--client-key", help="Path of its private key on the "
+                                 "control plane's machine (stored as a path only).")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Add one KMS server to a standard provider's failover list (tried last).
+
+    Example: vmcrypt kp add-server corp --server kms3:5696 --kms-ca kms-ca.pem --client-cert vc.pem --client-key /etc/vmcrypt/vc.key
+    """  # noqa: E501
+    ca_pem = _read_pem(kms_ca, "--kms-ca")
+    cert_pem = _read_pem(client_cert, "--client-cert") if client_cert else None
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        provider_id = resolve_id(api, "/key-providers", name, what="key provider")
+        provider = api.get(f"/key-providers/{provider_id}")
+        body = _server(server, len(provider["kms_servers"]) + 1, ca_pem=ca_pem,
+                       cert_pem=cert_pem, key_path=client_key)
+        if server_name:
+            body["name"] = server_name
+        added = api.post(f"/key-providers/{provider['id']}/kms-servers", body)
+    emit(as_json, added, title=f"KMS server of {name}")
+
+
+@kp_app.command("rm-server")
+def rm_server(
+    name: Annotated[str, typer.Argument(help="The standard provider.")],
+    server_name: Annotated[str, typer.Argument(help="The KMS server's name (kp info).")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, token_file: TokenFileOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Remove one KMS server from a standard provider; the last one stays.
+
+    Example: vmcrypt kp rm-server corp kms2
+    """
+    with connect(url=url, token=token, token_file=token_file, ca=ca) as api:
+        provider_id = resolve_id(api, "/key-providers", name, what="key provider")
+        provider = api.get(f"/key-providers/{provider_id}")
+        match = [s for s in provider["kms_servers"] if s["name"] == server_name]
+        if not match:
+            names = ", ".join(s["name"] for s in provider["kms_servers"])
+            raise UsageError(f"key provider {name!r} has no KMS server {server_name!r} "
+                             f"(it has: {names})")
+        api.delete(f"/key-providers/{provider['id']}/kms-servers/{match[0]['id']}")
+    out.print(f"removed KMS server {server_name} from {name}", highlight=False, markup=False)
+
+
 @kp_app.command("add-native")
 def add_native(
     name: Annotated[str, typer.Argument(help="The new provider's name (unique).")],
