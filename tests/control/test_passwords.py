@@ -148,6 +148,40 @@ async def test_a_failed_login_is_401_and_audited(client: httpx.AsyncClient,
 
 
 @pytest.mark.anyio
+async def test_repeated_failed_logins_are_throttled(client: httpx.AsyncClient,
+                                                    users: dict[str, str]) -> None:
+    """Five failures for a name from one address, then 429 — even with the right
+    password — with Retry-After and an audit event; another name is not affected."""
+    for _ in range(5):
+        wrong = await client.post(f"{API}/sessions",
+                                  json={"name": "admin", "password": "guess"})
+        assert wrong.status_code == 401
+    held = await client.post(f"{API}/sessions", json={"name": "admin", "password": PASSWORD})
+    assert held.status_code == 429
+    assert "too many failed logins" in held.json()["message"]
+    assert 0 < int(held.headers["retry-after"]) <= 300
+    other = await client.post(f"{API}/sessions", json={"name": "reader", "password": PASSWORD})
+    assert other.status_code == 201
+    events = await client.get(f"{API}/events", params={"object_type": "sessions"},
+                              headers={"Authorization": f"Bearer {users['admin_token']}"})
+    assert "throttled" in [e["details"]["result"] for e in events.json()]
+
+
+def test_the_throttle_forgets_after_its_window_and_on_success() -> None:
+    from vmcrypt.control.api.routers.sessions import LoginThrottle
+
+    throttle = LoginThrottle()
+    for t in range(5):
+        throttle.failed("Admin", "10.0.0.1", now=float(t))
+    assert throttle.wait("admin", "10.0.0.1", now=10.0) == pytest.approx(290.0)
+    assert throttle.wait("admin", "10.0.0.2", now=10.0) == 0.0  # another address
+    assert throttle.wait("admin", "10.0.0.1", now=301.0) == 0.0  # the window passed
+    throttle.failed("admin", "10.0.0.1", now=302.0)
+    throttle.succeeded("admin", "10.0.0.1")
+    assert throttle.wait("admin", "10.0.0.1", now=303.0) == 0.0
+
+
+@pytest.mark.anyio
 async def test_cookie_writes_need_the_htmx_header(client: httpx.AsyncClient,
                                                   users: dict[str, str]) -> None:
     await client.post(f"{API}/sessions", json={"name": "admin", "password": PASSWORD})

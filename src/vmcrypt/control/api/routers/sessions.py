@@ -18,6 +18,9 @@ those through ``/users``). ``PUT /api/v1/users/{id}/password`` sets a password
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from typing import Final
 
 from fastapi import APIRouter, Request, Response
@@ -46,7 +49,8 @@ from vmcrypt.control.db.repo.passwords import LOGIN_LABEL, MIN_PASSWORD_LENGTH, 
 from vmcrypt.control.exceptions import AuthenticationFailed
 from vmcrypt.control.privileges import AUTHORIZATION_MODIFY_PERMISSIONS, SYSTEM_ANONYMOUS
 
-__all__ = ["PasswordSet", "SessionCreate", "SessionEnded", "login_route", "router"]
+__all__ = ["LoginThrottle", "PasswordSet", "SessionCreate", "SessionEnded", "login_route",
+           "router"]
 
 _PATH: Final = "/api/v1/sessions"
 
@@ -73,6 +77,52 @@ class PasswordSet(BaseModel):
     password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
 
 
+class LoginThrottle:
+    """Failed logins per (user name, client address): after :data:`MAX_FAILURES` within
+    :data:`WINDOW` seconds, that pair is refused (429) until the window has passed.
+
+    Keyed by the pair, not the name alone, so a stranger cannot lock a user out from
+    another address. Refused attempts are not checked (no scrypt work for a guesser)
+    and do not extend the lock. In memory, per control plane process.
+    """
+
+    MAX_FAILURES: Final = 5
+    WINDOW: Final = 300.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def wait(self, name: str, address: str, now: float | None = None) -> float:
+        """Seconds this pair must still wait (0 when it may try)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            seen = self._failures.get((name.lower(), address))
+            if seen is None:
+                return 0.0
+            while seen and now - seen[0] >= self.WINDOW:
+                seen.popleft()
+            if len(seen) < self.MAX_FAILURES:
+                return 0.0
+            return self.WINDOW - (now - seen[0])
+
+    def failed(self, name: str, address: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._failures.setdefault((name.lower(), address), deque()).append(now)
+
+    def succeeded(self, name: str, address: str) -> None:
+        with self._lock:
+            self._failures.pop((name.lower(), address), None)
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    throttle = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.login_throttle = LoginThrottle()
+    return throttle
+
+
 def _set_cookie(response: Response, token: str) -> None:
     response.set_cookie(
         SESSION_COOKIE, token, max_age=int(SESSION_TTL.total_seconds()), path="/",
@@ -89,6 +139,15 @@ def _audit_login(session: Session, name: str, *, failed: bool) -> None:
                  "status": 401 if failed else 201,
                  "result": "failed" if failed else "succeeded"},
     )
+
+
+def _audit_throttled(database: Database, name: str) -> None:
+    with database.transaction() as session:
+        append_event(
+            session, type="audit", severity=Severity.WARNING, object_type="sessions",
+            message=f"sessions.login refused for {name!r}: too many failed logins",
+            details={"operation": "sessions.login", "method": "POST", "path": _PATH,
+                     "status": 429, "result": "throttled"})
 
 
 def _login(database: Database, body: SessionCreate) -> dict[str, object]:
@@ -115,11 +174,23 @@ async def _login_endpoint(request: Request) -> Response:
         return JSONResponse({"error": "validation_failed",
                              "message": "send {\"name\": …, \"password\": …}"}, status_code=422)
     database: Database = request.app.state.database
+    throttle = _throttle(request)
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.wait(body.name, address)
+    if wait > 0:
+        await run_in_threadpool(_audit_throttled, database, body.name)
+        return JSONResponse(
+            {"error": "too_many_failed_logins",
+             "message": f"too many failed logins for {body.name!r} from this address: try "
+                        f"again in {int(wait) + 1} s"},
+            status_code=429, headers={"Retry-After": str(int(wait) + 1)})
     try:
         result = await run_in_threadpool(_login, database, body)
     except AuthenticationFailed:
+        throttle.failed(body.name, address)
         return JSONResponse({"error": "authentication_failed",
                              "message": "wrong user name or password"}, status_code=401)
+    throttle.succeeded(body.name, address)
     response = JSONResponse(jsonable_encoder(result), status_code=201)
     _set_cookie(response, str(result["token"]))
     return response
