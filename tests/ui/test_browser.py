@@ -206,6 +206,13 @@ def test_vm_actions_add_vtpm_add_disk_migrate_unregister_delete(
     page.locator("p", has_text="host esx-2").wait_for()
     vm = control.api.get(f"/api/v1/vms/{vm_id}").json()
     assert vm["host_id"] == control.ids["esx-2"] and vm["vtpm"] and len(vm["disks"]) == 2
+    # Clone: a job followed with a progress bar; the clone is recorded with new keys.
+    page.fill("#clone input[name=name]", "act-1-copy")
+    page.locator("#clone button").click()
+    page.locator("#flash.ok", has_text="succeeded").wait_for()
+    clones = [v for v in control.api.get("/api/v1/vms").json() if v["name"] == "act-1-copy"]
+    assert len(clones) == 1 and clones[0]["encrypted"] and clones[0]["vtpm"]
+    page.evaluate("document.getElementById('flash').className = ''")
     page.locator("fieldset button", has_text="Unregister").click()
     done("done")
     page.locator("p", has_text="unregistered").wait_for()
