@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
@@ -67,6 +68,7 @@ class Authority:
         self.app = create_trust_app(self.service)
         self.identity = ec.generate_private_key(ec.SECP256R1())
         self.measurements = dict(GOOD)
+        self.down = False  # True: the service does not answer (a stopped process)
         self.clients: list[TestClient] = []
         admin = self.peer("admin", "https://trust")
         client = kms_pki.clients["trust"]
@@ -85,6 +87,8 @@ class Authority:
         app = self.app
 
         async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            if self.down and scope["type"] == "http":
+                raise httpx.ConnectError("connection refused (the Trust Authority is down)")
             if scope["type"] == "http":  # where the TLS server puts the verified CN
                 scope.setdefault("extensions", {})["tls"] = {"client_cert_cn": cn}
             await app(scope, receive, send)

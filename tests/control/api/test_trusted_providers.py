@@ -208,3 +208,29 @@ def test_provider_unavailable_to_the_host(world: dict[str, Any], kms: KmsServer)
     data = world["http"].get(f"/api/v1/vms/{vm['id']}/disks/0/data",
                              params={"offset": 0, "length": 16})
     assert data.status_code >= 400 and "unavailable" in data.text
+
+
+def test_key_provider_service_down_locks_and_its_return_unlocks(world: dict[str, Any]) -> None:
+    """The Trust Authority stops while a restarted host has a trusted VM to open: the VM is
+    locked ``trusted_provider_unavailable`` with an event; when the service is back, the
+    host attests again, the VM unlocks and its data reads back."""
+    ok, authority, hosts = world["ok"], world["authority"], world["hosts"]
+    _register(world)
+    vm = _create(world, "vm-t")
+    data = b"kept across the outage" * 50
+    put = world["http"].put(f"/api/v1/vms/{vm['id']}/disks/0/data", params={"offset": 0},
+                            content=data)
+    assert put.status_code == 200, put.text
+    authority.down = True
+    hosts.start(HOST)  # restarted: no token, no KEK, and the service does not answer
+    status = ok("POST", f"/hosts/{world['host']}/attestation")
+    assert status["state"] == "failed" and status["code"] == "trusted_provider_unavailable"
+    locked = ok("GET", f"/vms/{vm['id']}")
+    assert locked["locked"] and locked["lock_reason"] == "trusted_provider_unavailable"
+    assert _events(world["database"], "trust.provider.unavailable")
+    authority.down = False
+    assert ok("POST", f"/hosts/{world['host']}/attestation")["state"] == "attested"
+    assert not ok("GET", f"/vms/{vm['id']}")["locked"]
+    got = world["http"].get(f"/api/v1/vms/{vm['id']}/disks/0/data",
+                            params={"offset": 0, "length": len(data)})
+    assert got.status_code == 200 and got.content == data
