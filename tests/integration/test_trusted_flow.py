@@ -18,6 +18,9 @@ test can tamper with it without touching the repository.
 5. A file of the host's vmcrypt tree changes and the host restarts: attestation fails
    with the reason, the host gets no key, the VM is locked ``host_not_attested``;
    restoring the file and attesting again unlocks it and the data reads back.
+6. The Trust Authority process stops and the host restarts: the VM is locked
+   ``trusted_provider_unavailable`` with its event; the service starts again, the host
+   attests, the VM unlocks and the data reads back.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class World:
         self.children = Children(root / "logs", own_groups=True)
         self.kms_dir, self.trust_dir = root / "kms", root / "trust"
         self.kms_port = _free_port()
+        self.trust_port = _free_port()  # fixed: hosts keep its URL across its restarts
         self.datastore = root / "datastores" / "c1"
         self.host: dict[str, Any] = {"hardware_uuid": str(uuid.uuid4()), "port": _free_port()}
         self.site = root / "host-site"
@@ -98,7 +102,8 @@ class World:
 
     def start_trust(self) -> None:
         self.trust = self.start("trust", ["trust", "serve", "--data-dir", str(self.trust_dir),
-                                          "--port", "0", "--json", "--log-level", "info"])
+                                          "--port", str(self.trust_port), "--json",
+                                          "--log-level", "info"])
 
     def start_control(self) -> Api:
         self.control = self.start("control", [
@@ -237,8 +242,8 @@ def test_trusted_flow_restart_and_tampering(world: World) -> None:
                    api.call("GET", "/events?type=host.connected&limit=1000"))
 
     def restart() -> None:
-        # kill -9, start, and wait for the host monitor's reconnect: it settles the
-        # standard keys (and, see the report, clears locks it did not set).
+        # kill -9, start, and wait for the host monitor's reconnect (standard keys; it
+        # leaves the trusted provider's locks to the host's attestation).
         before = connected()
         world.children.kill(HOST)
         world.start_host()
@@ -265,6 +270,22 @@ def test_trusted_flow_restart_and_tampering(world: World) -> None:
     assert len(passed) == 1 and len(failed) == 1
     assert "'vmcrypt' does not match" in failed[0]["message"]
     intruder.unlink()  # restored
+    assert api.call("POST", f"/hosts/{host}/attestation")["state"] == "attested"
+    assert not api.call("GET", f"/vms/{vm['id']}")["locked"]
+    answer = read()
+    assert answer.status_code == 200 and answer.content == payload
+
+    # 6. The Trust Authority stops while the host restarts: the VM is locked (the
+    #    provider is unavailable, with its event); the service's return unlocks it.
+    world.children.kill("trust")
+    restart()
+    assert read().status_code >= 400
+    status = api.call("POST", f"/hosts/{host}/attestation")
+    assert status["state"] == "failed" and status["code"] == "trusted_provider_unavailable"
+    locked = api.call("GET", f"/vms/{vm['id']}")
+    assert locked["locked"] and locked["lock_reason"] == "trusted_provider_unavailable"
+    assert api.call("GET", "/events?type=trust.provider.unavailable&limit=10")
+    world.start_trust()
     assert api.call("POST", f"/hosts/{host}/attestation")["state"] == "attested"
     assert not api.call("GET", f"/vms/{vm['id']}")["locked"]
     answer = read()
