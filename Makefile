@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements-dev.lock
 venv: $(STAMP)
 
 sysdeps:
-	@scripts/ensure-system-packages cryptsetup-bin:/usr/sbin/cryptsetup libcrypto++-utils:/usr/share/crypto++/TestVectors/xts.txt openssl:/usr/bin/openssl chromium:/usr/bin/chromium
+	@scripts/ensure-system-packages cryptsetup-bin:/usr/sbin/cryptsetup libcrypto++-utils:/usr/share/crypto++/TestVectors/xts.txt openssl:/usr/bin/openssl chromium:/usr/bin/chromium 'postgresql:/usr/lib/postgresql/*/bin/initdb'
 
 sysdeps-bench:
 	@scripts/ensure-system-packages qemu-utils:/usr/bin/qemu-img openssl:/usr/bin/openssl

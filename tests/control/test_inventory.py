@@ -104,7 +104,7 @@ def test_lock_state_always_carries_its_reason(session: Session) -> None:
     vm = repo.set_lock_state(session, vm_id=vm_id, reason=None)
     assert (vm.locked, vm.lock_reason) == (False, None)
     with pytest.raises(IntegrityError):  # the CHECK constraint, below the repository
-        session.execute(text("UPDATE virtual_machines SET locked = 1"))
+        session.execute(text("UPDATE virtual_machines SET locked = :locked"), {"locked": True})
 
 
 def test_unregister_and_register_elsewhere(session: Session) -> None:
