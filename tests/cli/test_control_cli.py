@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from vmcrypt.control.api.bootstrap import bootstrap_administrator
 from vmcrypt.control.db.engine import open_database
 from vmcrypt.control.db.models import Host
 from vmcrypt.control.hostclient import HostClient
+from vmcrypt.control.services.keys import HostConnector
 from vmcrypt.exceptions import EXIT_CODES
 from vmcrypt.host.api.app import create_app as create_host_app
 from vmcrypt.host.api.state import HostState
@@ -80,14 +82,14 @@ class Hosts:
         return HostClient(host.name, TestClient(self.apps[host.name], base_url="http://h"))
 
 
-@pytest.fixture(scope="module")
-def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
-    tmp = tmp_path_factory.mktemp("control")
+@contextmanager
+def serve_control(tmp: Path, hosts: HostConnector) -> Iterator[Control]:
+    """A control plane app (SQLite in ``tmp``, ``hosts`` as its connector) under uvicorn
+    on a free port in a thread, with the CLI wired to it; stopped on exit."""
     database = open_database(tmp / "control.db")
     token = bootstrap_administrator(database)
     assert token is not None
-    config = uvicorn.Config(create_app(database, master_key=os.urandom(32),
-                                       hosts=Hosts(tmp / "ds")),
+    config = uvicorn.Config(create_app(database, master_key=os.urandom(32), hosts=hosts),
                             host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -105,6 +107,13 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
         server.should_exit = True
         thread.join(timeout=10)
         database.close()
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
+    tmp = tmp_path_factory.mktemp("control")
+    with serve_control(tmp, Hosts(tmp / "ds")) as running:
+        yield running
 
 
 # One control plane per module: its tests run on one xdist worker, in file order.

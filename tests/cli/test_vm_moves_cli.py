@@ -9,22 +9,15 @@ standard provider's would need a real KMS (the API test covers it).
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from tests.cli.conftest import Cli
-from tests.cli.test_control_cli import Control
-from vmcrypt.control.api.app import create_app
-from vmcrypt.control.api.bootstrap import bootstrap_administrator
-from vmcrypt.control.db.engine import open_database
+from tests.cli.test_control_cli import Control, serve_control
 from vmcrypt.control.db.models import Host
 from vmcrypt.control.hostclient import HostClient
 from vmcrypt.host.api.app import create_app as create_host_app
@@ -52,28 +45,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
     tmp = tmp_path_factory.mktemp("moves")
-    database = open_database(tmp / "control.db")
-    token = bootstrap_administrator(database)
-    assert token is not None
-    config = uvicorn.Config(create_app(database, master_key=os.urandom(32),
-                                       hosts=Fleet(tmp / "ds1", tmp / "ds2")),
-                            host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    token_file = tmp / "admin.token"
-    token_file.write_text(token + "\n")
-    try:
-        yield Control(f"http://127.0.0.1:{port}", token, token_file, Cli(tmp), tmp)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        database.close()
+    with serve_control(tmp, Fleet(tmp / "ds1", tmp / "ds2")) as running:
+        yield running
 
 
 def test_clone_and_migrate(control: Control) -> None:

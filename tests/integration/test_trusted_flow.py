@@ -26,16 +26,15 @@ test can tamper with it without touching the repository.
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.test_control_host_process import _hits, _keysafes
+from tests.integration.test_control_host_process import _hits, _keysafes, _wait
 from vmcrypt.cli.up import Api, Children, _free_port, _host_args
 from vmcrypt.crypto.keysafe import open_keysafe
 from vmcrypt.kmip.client import KmipClient
@@ -55,18 +54,6 @@ pytestmark = pytest.mark.slow
 HOST = "esx-t1"
 DISK = 1 << 20
 WAIT = 30.0
-T = TypeVar("T")
-
-
-def _wait(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 class World:
@@ -247,7 +234,8 @@ def test_trusted_flow_restart_and_tampering(world: World) -> None:
         before = connected()
         world.children.kill(HOST)
         world.start_host()
-        _wait("the monitor to reconnect the host", lambda: connected() > before)
+        _wait("the monitor to reconnect the host", lambda: connected() > before,
+              timeout=WAIT)
 
     # 4. kill -9 and a restart: the host re-attests and has the KEK ciphertext unwrapped.
     restart()
