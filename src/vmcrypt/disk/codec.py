@@ -26,8 +26,17 @@ _ZERO_SECTOR = bytes(SECTOR)
 
 
 def holes(stored: np.ndarray) -> np.ndarray:
-    """Boolean mask of all-zero stored sectors in a whole-sector uint8 array."""
-    return np.asarray(~stored.view("<u8").reshape(-1, _WORDS).any(axis=1))
+    """Boolean mask of all-zero stored sectors in a whole-sector uint8 array.
+
+    Only sectors whose first 8 bytes are zero are scanned in full: ciphertext almost never
+    starts so, and a full ``any`` over every sector cost ~3% of a conversion's compute.
+    """
+    words = stored.view("<u8").reshape(-1, _WORDS)
+    mask: np.ndarray = words[:, 0] == 0
+    if mask.any():
+        candidates = np.flatnonzero(mask)
+        mask[candidates] = ~words[candidates].any(axis=1)
+    return mask
 
 
 class SectorCodec:

@@ -55,6 +55,7 @@ from vmcrypt.disk.files import (
     pread_exact,
     pwrite_all,
     remove_stale_temporaries,
+    start_writeback,
 )
 from vmcrypt.disk.journal import Journal, dek_digest, fingerprints, verify_dek_digest
 from vmcrypt.exceptions import UsageError
@@ -82,6 +83,8 @@ _POOL_BUFFERS = 6
 #: 32 MiB instead of two of each (the in-flight range is then 8,192 sectors, a 512 KiB
 #: journal).
 _BATCH = 2
+#: Bytes written between two writeback starts (see _pwrite_changed).
+_WRITEBACK = 2 * 1024 * 1024
 #: Conversions of less than this run in-process: starting the workers (~0.1 s) would
 #: cost more than they save.
 WORKERS_MIN_SIZE = 128 * 1024 * 1024
@@ -558,15 +561,20 @@ def _pwrite_changed(
     """Write ``buf`` but skip sectors that were zero and stay zero (holes stay unallocated).
 
     Skipped sectors hold the same bytes before and after, so crash recovery sees them as
-    old and redoes them into the same zeros.
+    old and redoes them into the same zeros. Writes go in pieces of :data:`_WRITEBACK`
+    bytes, each handed to the device at once (see :func:`start_writeback`); the caller's
+    fdatasync then waits for them all.
     """
     if not unchanged.any():
-        pwrite_all(fd, buf.data, offset, what)
-        return
-    change = np.flatnonzero(np.diff(np.concatenate(([1], unchanged.view(np.int8), [1]))))
-    # ``change`` alternates: start of a run to write, start of a run to skip, ...
-    for start, stop in zip(change[::2], change[1::2], strict=True):
-        run = buf[start * SECTOR : stop * SECTOR]
-        pwrite_all(fd, run.data, offset + int(start) * SECTOR, what)
+        runs = [(0, buf.size // SECTOR)]
+    else:
+        change = np.flatnonzero(np.diff(np.concatenate(([1], unchanged.view(np.int8), [1]))))
+        # ``change`` alternates: start of a run to write, start of a run to skip, ...
+        runs = [(int(a), int(b)) for a, b in zip(change[::2], change[1::2], strict=True)]
+    for start, stop in runs:
+        for first in range(start * SECTOR, stop * SECTOR, _WRITEBACK):
+            piece = buf[first : min(first + _WRITEBACK, stop * SECTOR)]
+            pwrite_all(fd, piece.data, offset + first, what)
+            start_writeback(fd, offset + first, piece.size)
 
 
