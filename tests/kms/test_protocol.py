@@ -12,6 +12,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -465,3 +466,29 @@ def test_fuzzed_payloads_get_a_kmip_reason_not_an_internal_error(
         RequestBatchItem(operation, structure(Tag.REQUEST_PAYLOAD, *children))])
     response = _answer(dispatcher, encode(request))
     assert all(i.reason != ResultReason.GENERAL_FAILURE for i in response.items), response
+
+
+def test_a_repeated_request_is_run_again_not_answered_from_memory(tmp_path: Path) -> None:
+    """Parsed requests are memoised by their bytes; results never are, and requests that
+    carry key material are not kept at all."""
+    from vmcrypt.kmip.client import _plain_create_request
+
+    store = Store(tmp_path / "kms.db", bytes(range(32)))
+    try:
+        dispatcher = Dispatcher(store)
+        create = _plain_create_request(ProtocolVersion(1, 4), 256, 12)
+        uids = set()
+        for _ in range(3):
+            response = parse_response(decode(dispatcher.handle(create, identity="t")))
+            payload = response.items[0].payload
+            assert payload is not None
+            uids.add(find(payload, Tag.UNIQUE_IDENTIFIER).value)  # type: ignore[union-attr]
+        assert len(uids) == 3 and store.count() == 3
+        assert list(dispatcher._parsed._entries) == [create]
+        register = encode(build_request(ProtocolVersion(1, 4), [RequestBatchItem(
+            Operation.REGISTER, structure(Tag.REQUEST_PAYLOAD,
+                                          enum(Tag.OBJECT_TYPE, ObjectType.SYMMETRIC_KEY)))]))
+        dispatcher.handle(register, identity="t")
+        assert register not in dispatcher._parsed._entries
+    finally:
+        store.close()

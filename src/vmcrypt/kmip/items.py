@@ -13,7 +13,7 @@ from typing import cast
 
 from vmcrypt.kmip.exceptions import MessageError
 from vmcrypt.kmip.tags import ResultReason, Tag
-from vmcrypt.kmip.ttlv import Item, ItemType
+from vmcrypt.kmip.ttlv import Item, ItemType, make_item
 
 __all__ = [
     "boolean",
@@ -38,42 +38,42 @@ __all__ = [
 
 def structure(tag: int, *items: Item | None) -> Item:
     """A Structure of the given children; ``None`` children (optional fields) are left out."""
-    return Item(tag, ItemType.STRUCTURE, tuple(i for i in items if i is not None))
+    return make_item(tag, ItemType.STRUCTURE, tuple(i for i in items if i is not None))
 
 
 def text(tag: int, value: str) -> Item:
     """A Text String item."""
-    return Item(tag, ItemType.TEXT_STRING, value)
+    return make_item(tag, ItemType.TEXT_STRING, value)
 
 
 def byte_string(tag: int, value: bytes) -> Item:
     """A Byte String item."""
-    return Item(tag, ItemType.BYTE_STRING, value)
+    return make_item(tag, ItemType.BYTE_STRING, value)
 
 
 def integer(tag: int, value: int) -> Item:
     """A 32-bit Integer item."""
-    return Item(tag, ItemType.INTEGER, value)
+    return make_item(tag, ItemType.INTEGER, value)
 
 
 def long_integer(tag: int, value: int) -> Item:
     """A 64-bit Long Integer item."""
-    return Item(tag, ItemType.LONG_INTEGER, value)
+    return make_item(tag, ItemType.LONG_INTEGER, value)
 
 
 def enum(tag: int, value: int) -> Item:
     """An Enumeration item (pass an IntEnum member or its value)."""
-    return Item(tag, ItemType.ENUMERATION, int(value))
+    return make_item(tag, ItemType.ENUMERATION, int(value))
 
 
 def boolean(tag: int, value: bool) -> Item:
     """A Boolean item."""
-    return Item(tag, ItemType.BOOLEAN, value)
+    return make_item(tag, ItemType.BOOLEAN, value)
 
 
 def date_time(tag: int, value: datetime) -> Item:
     """A Date-Time item; KMIP carries whole seconds (9.1.1.4), so microseconds are dropped."""
-    return Item(tag, ItemType.DATE_TIME, value.astimezone(UTC).replace(microsecond=0))
+    return make_item(tag, ItemType.DATE_TIME, value.astimezone(UTC).replace(microsecond=0))
 
 
 def tag_name(tag: int) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "decode",
     "decode_stream",
     "encode",
+    "make_item",
 ]
 
 #: Tag (3) + Type (1) + Length (4) — KMIP 1.4, 9.1.1.
@@ -123,6 +124,19 @@ def _trusted(tag: int, kind: ItemType, value: ItemValue) -> Item:
     object.__setattr__(item, "type", kind)
     object.__setattr__(item, "value", value)
     return item
+
+
+def make_item(tag: int, kind: ItemType, value: ItemValue) -> Item:
+    """``Item(tag, kind, value)`` with the same checks, minus the dataclass machinery.
+
+    The builders in :mod:`vmcrypt.kmip.items` make every item a server answers with (a
+    Create builds about 25); ``kind`` is one of their ItemType constants, so only the tag
+    and the value need checking. About twice as fast as the dataclass constructor here.
+    """
+    if not 0 <= tag <= 0xFFFFFF or tag >> 16 not in _TAG_PREFIXES:
+        raise KmipError(f"tag {tag:#x} is not a 3-byte tag starting 0x42 or 0x54")
+    _check_value(kind, value)
+    return _trusted(tag, kind, value)
 
 
 def _check_value(kind: ItemType, value: object) -> None:

@@ -15,6 +15,8 @@ failure, rolls it back and reports the earlier items as "Operation Undone".
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -103,6 +105,7 @@ class Dispatcher:
         self.store = store
         self._clock = clock or (lambda: datetime.now(UTC))
         self._max_items = max_items
+        self._parsed = _Memo(_MEMO_ENTRIES)
 
     def handle(self, data: bytes, *, identity: str | None = None) -> bytes:
         """Answer the encoded request ``data`` with an encoded response."""
@@ -111,19 +114,25 @@ class Dispatcher:
     def handle_item(self, data: bytes | Item, *, identity: str | None = None) -> Item:
         """Like :meth:`handle`, returning the response item (tests read it directly)."""
         now = self._clock().replace(microsecond=0)
-        try:
-            message = decode(data, max_items=self._max_items) if isinstance(
-                data, bytes) else data
-        except KmipError as exc:
-            return self._refuse(_LOWEST, ResultReason.INVALID_MESSAGE, str(exc), now, identity)
-        try:
-            request = parse_request(message)
-        except MessageError as exc:
-            return self._refuse(_version_of(message), exc.reason, str(exc), now, identity)
-        except KmipError as exc:
-            return self._refuse(
-                _version_of(message), ResultReason.INVALID_MESSAGE, str(exc), now, identity
-            )
+        request = self._parsed.get(data) if isinstance(data, bytes) else None
+        if request is None:
+            try:
+                message = decode(data, max_items=self._max_items) if isinstance(
+                    data, bytes) else data
+            except KmipError as exc:
+                return self._refuse(_LOWEST, ResultReason.INVALID_MESSAGE, str(exc), now,
+                                    identity)
+            try:
+                request = parse_request(message)
+            except MessageError as exc:
+                return self._refuse(_version_of(message), exc.reason, str(exc), now, identity)
+            except KmipError as exc:
+                return self._refuse(
+                    _version_of(message), ResultReason.INVALID_MESSAGE, str(exc), now, identity
+                )
+            if isinstance(data, bytes) and len(data) <= _MEMO_MAX_BYTES and not any(
+                    item.operation in _CARRIES_SECRETS for item in request.items):
+                self._parsed.put(data, request)
         version = request.version
         if version not in SUPPORTED_VERSIONS:
             only_discovery = all(
@@ -230,6 +239,38 @@ class Dispatcher:
             operation=None, status=ResultStatus.OPERATION_FAILED, reason=reason, message=message
         )
         return build_response(version, [item], now=now)
+
+
+#: Parsed requests kept by their bytes: clients repeat the same Create (vCenter's keys
+#: all come from one template; so do ours), and decoding plus parsing is about a tenth of
+#: a Create. Items are immutable, so a parsed request can be shared.
+_MEMO_ENTRIES = 64
+#: Requests that carry key material or data are never kept beyond their own handling.
+_CARRIES_SECRETS = frozenset({Operation.REGISTER, Operation.ENCRYPT, Operation.DECRYPT})
+_MEMO_MAX_BYTES = 2048
+
+
+class _Memo:
+    """A small least-recently-used map; thread-safe enough for this use (a lost update
+    only costs a re-parse)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, RequestMessage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> RequestMessage | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, value: RequestMessage) -> None:
+        with self._lock:
+            self._entries[key] = value
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 class _Undo(Exception):
