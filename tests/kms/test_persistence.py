@@ -224,3 +224,90 @@ def test_locate_uses_the_value_index_for_searchable_attributes(tmp_path: Path) -
             assert "SCAN attributes" not in plan, plan
     finally:
         store.close()
+
+
+def _old_store(path: Path, master_key: bytes) -> tuple[str, bytes]:
+    """A schema-1 database, as the first releases wrote it: every attribute instance a
+    row of ``attributes``, no packed attributes on the object. Returns (uid, material)."""
+    import sqlite3
+
+    from vmcrypt.crypto.aead import seal
+    from vmcrypt.kmip.attributes import name_value
+    from vmcrypt.kmip.ttlv import encode
+
+    material = os.urandom(32)
+    uid = "old-key-1"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("""
+        CREATE TABLE objects (seq INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE,
+            object_type INTEGER NOT NULL, owner TEXT, material BLOB);
+        CREATE TABLE attributes (uid TEXT NOT NULL REFERENCES objects(uid),
+            name TEXT NOT NULL, idx INTEGER NOT NULL, value BLOB NOT NULL,
+            PRIMARY KEY (uid, name, idx)) WITHOUT ROWID;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    """)
+    label = b"vmcrypt-kms master key check v1"
+    db.execute("INSERT INTO meta VALUES ('master-key-check', ?)",
+               (seal(master_key, label, associated_data=label),))
+    db.execute("INSERT INTO objects (uid, object_type, owner, material) VALUES (?, 2, 'a', ?)",
+               (uid, seal(master_key, material,
+                          associated_data=b"vmcrypt-kms/v1 object " + uid.encode())))
+    rows = [("Cryptographic Algorithm", attribute("Cryptographic Algorithm", 3).value),
+            ("Cryptographic Length", attribute("Cryptographic Length", 256).value),
+            ("State", attribute("State", 2).value),
+            ("Name", name_value("legacy")),
+            ("x-Vendor", attribute("x-Vendor", "VMware").value)]
+    for name, value in rows:
+        db.execute("INSERT INTO attributes VALUES (?, ?, 0, ?)", (uid, name, encode(value)))
+    db.close()
+    return uid, material
+
+
+def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from vmcrypt.kmip.attributes import name_value
+    from vmcrypt.kms.store import Store
+
+    master_key = os.urandom(32)
+    uid, material = _old_store(tmp_path / "kms.db", master_key)
+    for _ in range(2):  # the second open finds schema 2 and changes nothing
+        store = Store(tmp_path / "kms.db", master_key)
+        try:
+            obj, got = store.load_with_material(uid)
+            assert got == material
+            assert set(obj.attributes) == {"Cryptographic Algorithm", "Cryptographic Length",
+                                           "State", "Name", "x-Vendor"}
+            assert store.candidates([("Name", name_value("legacy"))]) == [uid]
+            assert store.candidates([("x-Vendor", attribute("x-Vendor", "VMware").value),
+                                     ("Cryptographic Length",
+                                      attribute("Cryptographic Length", 256).value)]) == [uid]
+            assert store.candidates([("Cryptographic Length",
+                                      attribute("Cryptographic Length", 128).value)]) == []
+            # Unindexed attributes left the attributes table; searchable ones stayed.
+            names = {row[0] for row in store._db.execute("SELECT name FROM attributes")}
+            assert names == {"State", "Name", "x-Vendor"}
+        finally:
+            store.close()
+
+
+def test_attribute_changes_reach_both_the_object_and_the_index(tmp_path: Path) -> None:
+    from vmcrypt.kms.store import ManagedObject, Store
+
+    store = Store(tmp_path / "kms.db", os.urandom(32))
+    try:
+        obj = ManagedObject(uid="k", object_type=ObjectType.SYMMETRIC_KEY, owner=None,
+                            attributes={"Cryptographic Length": {
+                                0: attribute("Cryptographic Length", 256).value}})
+        store.insert(obj, os.urandom(32))
+        tag = attribute("x-Tag", "a").value
+        store.put_attribute("k", "x-Tag", 0, tag)
+        store.put_attribute("k", "x-Tag", 1, attribute("x-Tag", "b").value)
+        store.put_attribute("k", "Cryptographic Length", 0,
+                            attribute("Cryptographic Length", 128).value)
+        assert store.candidates([("x-Tag", tag)]) == ["k"]
+        assert store.load("k").first("Cryptographic Length").value == 128  # type: ignore[union-attr]
+        store.delete_attribute("k", "x-Tag", 0)
+        assert store.candidates([("x-Tag", tag)]) == []
+        assert [v.value for v in store.load("k").values("x-Tag")] == ["b"]
+        assert store.load("k", names=["x-Tag"]).attributes.keys() == {"x-Tag"}
+    finally:
+        store.close()

@@ -54,6 +54,12 @@ class Context:
         """
         return self.store.load(uid, names=names)
 
+    def load_with_material(
+        self, uid: str, *, names: Sequence[str] | None = None
+    ) -> tuple[ManagedObject, bytes | None]:
+        """:meth:`load` plus the unsealed key material (None once destroyed), in one read."""
+        return self.store.load_with_material(uid, names=names)
+
 
 def state_of(obj: ManagedObject) -> State:
     """The object's State attribute (every managed key has one)."""

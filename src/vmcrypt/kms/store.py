@@ -2,9 +2,19 @@
 
 Key material is sealed with AES-256-GCM under the server master key, with the object's
 Unique Identifier as associated data (so sealed material cannot be moved between rows)
-before it reaches SQLite; it is unsealed only for the Get that asked for it. Attributes
-are stored one row per instance, the value as its TTLV encoding, so any attribute —
-custom ones included — can be stored, returned and matched by Locate.
+before it reaches SQLite; it is unsealed only for the Get that asked for it.
+
+Attributes live in two places (schema 2):
+
+- every instance, in the object's own row (``objects.attrs``, see :func:`_pack`), so a
+  Create writes one row and a Get reads one;
+- the searchable instances (names not in :data:`UNINDEXED`) once more, one row each in
+  ``attributes`` with a value index, so Locate by Name or by a custom ``x-`` attribute is
+  an index lookup. Locate by an unindexed attribute scans ``objects.attrs``.
+
+Values are kept as their TTLV encoding, so any attribute — custom ones included — can be
+stored, returned and matched. Measured here, this halved the SQLite work of a Create
+(one object row and two attribute rows instead of eleven rows).
 
 Attribute indices follow KMIP 1.4, 2.1.1: they start at 0 and never change when other
 instances of the same attribute are added or deleted.
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -31,7 +42,7 @@ from vmcrypt.kmip.tags import ObjectType
 from vmcrypt.kmip.ttlv import Item, decode, encode
 from vmcrypt.kms.errors import MasterKeyError, item_not_found
 
-__all__ = ["ManagedObject", "Store"]
+__all__ = ["ManagedObject", "Store", "StoreCorrupt"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -39,7 +50,8 @@ CREATE TABLE IF NOT EXISTS objects (
     uid TEXT NOT NULL UNIQUE,
     object_type INTEGER NOT NULL,
     owner TEXT,
-    material BLOB
+    material BLOB,
+    attrs BLOB
 );
 CREATE TABLE IF NOT EXISTS attributes (
     uid TEXT NOT NULL REFERENCES objects(uid),
@@ -60,7 +72,18 @@ UNINDEXED = (
     "Cryptographic Usage Mask", "Initial Date", "Last Change Date", "Original Creation Date",
 )
 _UNINDEXED_SQL = ", ".join(f"'{name}'" for name in UNINDEXED)
+_UNINDEXED_SET = frozenset(UNINDEXED)
 _CHECK_LABEL = b"vmcrypt-kms master key check v1"
+_SCHEMA_VERSION = 2
+_PACK_VERSION = b"\x01"
+_RECORD = struct.Struct(">HII")  # name length, index, value length
+
+#: Attributes by name → {index: encoded value}, as packed in ``objects.attrs``.
+_Raw = dict[str, dict[int, bytes]]
+
+
+class StoreCorrupt(Exception):
+    """The database holds something this server did not write; restore it from a backup."""
 
 
 def _aad(uid: str) -> bytes:
@@ -103,6 +126,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA.format(unindexed=_UNINDEXED_SQL))
         self._check_master_key()
+        self._migrate()
 
     def close(self) -> None:
         """Close the database."""
@@ -125,6 +149,29 @@ class Store:
                 "the master key does not open this key server's database: start the server "
                 "with the master key it was created with"
             ) from None
+
+    def _migrate(self) -> None:
+        """Bring a schema-1 database (every attribute a row of its own) to schema 2."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+        with self.transaction():
+            if "attrs" not in columns:
+                self._db.execute("ALTER TABLE objects ADD COLUMN attrs BLOB")
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if row is not None and int(row[0]) >= _SCHEMA_VERSION:
+                return
+            raw: dict[str, _Raw] = {}
+            for uid, name, index, value in self._db.execute(
+                    "SELECT uid, name, idx, value FROM attributes"):
+                raw.setdefault(uid, {}).setdefault(name, {})[index] = value
+            for (uid,) in self._db.execute(
+                    "SELECT uid FROM objects WHERE attrs IS NULL").fetchall():
+                self._db.execute("UPDATE objects SET attrs = ? WHERE uid = ?",
+                                 (_pack(raw.get(uid, {})), uid))
+            self._db.execute(f"DELETE FROM attributes WHERE name IN ({_UNINDEXED_SQL})")  # noqa: S608
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema', ?)",
+                (str(_SCHEMA_VERSION).encode(),),
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -162,16 +209,19 @@ class Store:
     def insert(self, obj: ManagedObject, material: bytes) -> None:
         """Store a new object with its material sealed."""
         sealed = seal(self._master_key, material, associated_data=_aad(obj.uid))
+        raw = {name: {index: encode(value) for index, value in instances.items()}
+               for name, instances in obj.attributes.items()}
         with self._lock:
             self._db.execute(
-                "INSERT INTO objects (uid, object_type, owner, material) VALUES (?, ?, ?, ?)",
-                (obj.uid, int(obj.object_type), obj.owner, sealed),
+                "INSERT INTO objects (uid, object_type, owner, material, attrs) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (obj.uid, int(obj.object_type), obj.owner, sealed, _pack(raw)),
             )
             self._db.executemany(
                 "INSERT INTO attributes (uid, name, idx, value) VALUES (?, ?, ?, ?)",
                 [
-                    (obj.uid, name, index, encode(value))
-                    for name, instances in obj.attributes.items()
+                    (obj.uid, name, index, value)
+                    for name, instances in raw.items() if name not in _UNINDEXED_SET
                     for index, value in instances.items()
                 ],
             )
@@ -183,25 +233,26 @@ class Store:
         """
         with self._lock:
             row = self._db.execute(
-                "SELECT object_type, owner FROM objects WHERE uid = ?",
-                (uid,),
+                "SELECT object_type, owner, attrs FROM objects WHERE uid = ?", (uid,)
             ).fetchone()
-            if row is None:
-                raise item_not_found(uid)
-            if names is None:
-                rows = self._db.execute(
-                    "SELECT name, idx, value FROM attributes WHERE uid = ?", (uid,)
-                ).fetchall()
-            else:
-                marks = ", ".join("?" * len(names))
-                rows = self._db.execute(
-                    f"SELECT name, idx, value FROM attributes WHERE uid = ? AND name IN ({marks})",  # noqa: S608
-                    (uid, *names),
-                ).fetchall()
-        obj = ManagedObject(uid=uid, object_type=ObjectType(row[0]), owner=row[1])
-        for name, index, value in rows:
-            obj.attributes.setdefault(name, {})[index] = decode(value)
-        return obj
+        if row is None:
+            raise item_not_found(uid)
+        return _object(uid, row[0], row[1], row[2], names)
+
+    def load_with_material(
+        self, uid: str, *, names: Sequence[str] | None = None
+    ) -> tuple[ManagedObject, bytes | None]:
+        """:meth:`load` and :meth:`material` in one read (what a Get needs)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT object_type, owner, attrs, material FROM objects WHERE uid = ?", (uid,)
+            ).fetchone()
+        if row is None:
+            raise item_not_found(uid)
+        obj = _object(uid, row[0], row[1], row[2], names)
+        if row[3] is None:
+            return obj, None
+        return obj, unseal(self._master_key, row[3], associated_data=_aad(uid))
 
     def material(self, uid: str) -> bytes | None:
         """The unsealed key material, or None once destroyed."""
@@ -220,25 +271,60 @@ class Store:
 
     def put_attribute(self, uid: str, name: str, index: int, value: Item) -> None:
         """Insert or replace one attribute instance."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO attributes (uid, name, idx, value) VALUES (?, ?, ?, ?)",
-                (uid, name, index, encode(value)),
-            )
+        encoded = encode(value)
+        with self._lock, self.transaction():
+            raw = self._raw(uid)
+            raw.setdefault(name, {})[index] = encoded
+            self._db.execute("UPDATE objects SET attrs = ? WHERE uid = ?", (_pack(raw), uid))
+            if name not in _UNINDEXED_SET:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO attributes (uid, name, idx, value) "
+                    "VALUES (?, ?, ?, ?)",
+                    (uid, name, index, encoded),
+                )
 
     def delete_attribute(self, uid: str, name: str, index: int) -> None:
         """Remove one attribute instance."""
-        with self._lock:
+        with self._lock, self.transaction():
+            raw = self._raw(uid)
+            instances = raw.get(name, {})
+            instances.pop(index, None)
+            if not instances:
+                raw.pop(name, None)
+            self._db.execute("UPDATE objects SET attrs = ? WHERE uid = ?", (_pack(raw), uid))
             self._db.execute(
                 "DELETE FROM attributes WHERE uid = ? AND name = ? AND idx = ?",
                 (uid, name, index),
             )
 
+    def _raw(self, uid: str) -> _Raw:
+        row = self._db.execute("SELECT attrs FROM objects WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            raise item_not_found(uid)
+        return _unpack(row[0])
+
     def candidates(self, equal: Sequence[tuple[str, Item]]) -> list[str]:
-        """Objects having every ``(name, value)`` given, oldest first."""
-        sql, params = _candidates_query(equal)
+        """Objects having every ``(name, value)`` given, oldest first.
+
+        Searchable attributes are matched in SQL through the value index; the others
+        (:data:`UNINDEXED`) by reading the packed attributes of what is left.
+        """
+        indexed = [(n, v) for n, v in equal if n not in _UNINDEXED_SET]
+        others = [(n, encode(v)) for n, v in equal if n in _UNINDEXED_SET]
+        sql, params = _candidates_query(indexed)
+        if not others:
+            with self._lock:
+                return [row[0] for row in self._db.execute(sql, params)]
+        sql = sql.replace("SELECT uid FROM objects", "SELECT uid, attrs FROM objects", 1)
+        wanted = {name for name, _ in others}
         with self._lock:
-            return [row[0] for row in self._db.execute(sql, params)]
+            rows = self._db.execute(sql, params).fetchall()
+        found = []
+        for uid, attrs in rows:
+            raw = _unpack(attrs, wanted)
+            if all(value in raw.get(name, {}).values() for name, value in others):
+                found.append(uid)
+        return found
 
     def query_plan(self, equal: Sequence[tuple[str, Item]]) -> str:
         """SQLite's plan for :meth:`candidates` (tests check that the value index is used)."""
@@ -260,8 +346,55 @@ def _candidates_query(equal: Sequence[tuple[str, Item]]) -> tuple[str, list[obje
     for position, (name, value) in enumerate(equal):
         # Only fixed fragments are concatenated; every value is a bound parameter. The
         # partial index is used only when the query repeats its WHERE term verbatim.
-        indexed = "" if name in UNINDEXED else f" AND name NOT IN ({_UNINDEXED_SQL})"
-        term = f" uid IN (SELECT uid FROM attributes WHERE name = ? AND value = ?{indexed})"  # noqa: S608
+        term = (f" uid IN (SELECT uid FROM attributes WHERE name = ? AND value = ?"  # noqa: S608
+                f" AND name NOT IN ({_UNINDEXED_SQL}))")
         sql += (" WHERE" if position == 0 else " AND") + term
         params += [name, encode(value)]
     return sql + " ORDER BY seq", params
+
+
+def _pack(raw: _Raw) -> bytes:
+    """Every attribute instance of an object, as stored in ``objects.attrs``.
+
+    A version byte, then per instance: name length, index and value length (big-endian
+    u16, u32, u32), the name in UTF-8, the value's TTLV encoding. Plain framing rather
+    than TTLV so that a reader skips the instances it does not need without decoding them.
+    """
+    parts = [_PACK_VERSION]
+    for name, instances in raw.items():
+        encoded_name = name.encode()
+        for index, value in instances.items():
+            parts += (_RECORD.pack(len(encoded_name), index, len(value)), encoded_name, value)
+    return b"".join(parts)
+
+
+def _unpack(blob: bytes | None, names: frozenset[str] | set[str] | None = None) -> _Raw:
+    """The instances packed by :func:`_pack` (only ``names`` if given), values encoded."""
+    raw: _Raw = {}
+    if not blob:
+        return raw
+    if blob[:1] != _PACK_VERSION:
+        raise StoreCorrupt("unknown attribute packing")
+    offset, size = 1, len(blob)
+    header = _RECORD.size
+    while offset < size:
+        if size - offset < header:
+            raise StoreCorrupt("truncated attribute record")
+        name_len, index, value_len = _RECORD.unpack_from(blob, offset)
+        start = offset + header
+        offset = start + name_len + value_len
+        if offset > size:
+            raise StoreCorrupt("truncated attribute record")
+        name = blob[start:start + name_len].decode()
+        if names is None or name in names:
+            raw.setdefault(name, {})[index] = blob[start + name_len:offset]
+    return raw
+
+
+def _object(uid: str, object_type: int, owner: str | None, attrs: bytes | None,
+            names: Sequence[str] | None) -> ManagedObject:
+    obj = ManagedObject(uid=uid, object_type=ObjectType(object_type), owner=owner)
+    raw = _unpack(attrs, frozenset(names) if names is not None else None)
+    for name, instances in raw.items():
+        obj.attributes[name] = {index: decode(value) for index, value in instances.items()}
+    return obj

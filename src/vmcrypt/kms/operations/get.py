@@ -30,8 +30,7 @@ def run(ctx: Context, payload: Item) -> Item:
             "Get with a Key Wrapping Specification is not supported; keys travel over "
             "mutual TLS",
         )
-    obj = ctx.load(uid, names=_NEEDED)
-    material = ctx.store.material(uid)
+    obj, material = ctx.load_with_material(uid, names=_NEEDED)
     if material is None or state_of(obj) in (State.DESTROYED, State.DESTROYED_COMPROMISED):
         raise OperationError(
             DESTROYED_REASON, f"object {uid!r} was destroyed: its key material no longer exists"
