@@ -53,7 +53,7 @@ def byte_string(tag: int, value: bytes) -> Item:
 
 def integer(tag: int, value: int) -> Item:
     """A 32-bit Integer item."""
-    return make_item(tag, ItemType.INTEGER, value)
+    return _cached(tag, ItemType.INTEGER, value)
 
 
 def long_integer(tag: int, value: int) -> Item:
@@ -63,7 +63,25 @@ def long_integer(tag: int, value: int) -> Item:
 
 def enum(tag: int, value: int) -> Item:
     """An Enumeration item (pass an IntEnum member or its value)."""
-    return make_item(tag, ItemType.ENUMERATION, int(value))
+    return _cached(tag, ItemType.ENUMERATION, int(value))
+
+
+#: Enumeration and Integer items already built, by (tag, type, value). Items are
+#: immutable, and a server answers with the same few (Operation, Result Status, Object
+#: Type, Batch Count…) in every response: a lookup instead of a checked construction.
+#: Bounded, since values may come from requests.
+_ITEMS: dict[tuple[int, ItemType, int], Item] = {}
+_MAX_CACHED = 4096
+
+
+def _cached(tag: int, kind: ItemType, value: int) -> Item:
+    key = (tag, kind, value)
+    item = _ITEMS.get(key)
+    if item is None:
+        item = make_item(tag, kind, value)
+        if len(_ITEMS) < _MAX_CACHED:
+            _ITEMS[key] = item
+    return item
 
 
 def boolean(tag: int, value: bool) -> Item:

@@ -10,6 +10,7 @@ present and distinct when there are several items — 6.4) and raises
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import total_ordering
@@ -71,12 +72,8 @@ class ProtocolVersion:
         return f"{self.major}.{self.minor}"
 
     def to_item(self) -> Item:
-        """The Protocol Version structure."""
-        return structure(
-            Tag.PROTOCOL_VERSION,
-            integer(Tag.PROTOCOL_VERSION_MAJOR, self.major),
-            integer(Tag.PROTOCOL_VERSION_MINOR, self.minor),
-        )
+        """The Protocol Version structure (built once per version: items are immutable)."""
+        return _version_item(self.major, self.minor)
 
     @classmethod
     def from_item(cls, item: Item) -> ProtocolVersion:
@@ -233,6 +230,15 @@ def build_request(
         for item in items
     ]
     return structure(Tag.REQUEST_MESSAGE, header, *batch)
+
+
+@functools.lru_cache(maxsize=64)
+def _version_item(major: int, minor: int) -> Item:
+    return structure(
+        Tag.PROTOCOL_VERSION,
+        integer(Tag.PROTOCOL_VERSION_MAJOR, major),
+        integer(Tag.PROTOCOL_VERSION_MINOR, minor),
+    )
 
 
 def build_response(

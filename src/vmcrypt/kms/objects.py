@@ -139,13 +139,14 @@ def new_key_object(
         activation.value <= ctx.now
     ):
         state = State.ACTIVE  # 3.24: an Activation Date in the past makes the key Active
+    now = date_time(Tag.ATTRIBUTE_VALUE, ctx.now)
     server = {
         "Unique Identifier": text(Tag.ATTRIBUTE_VALUE, obj.uid),
         "Object Type": enum(Tag.ATTRIBUTE_VALUE, ObjectType.SYMMETRIC_KEY),
         "State": enum(Tag.ATTRIBUTE_VALUE, state),
-        "Initial Date": date_time(Tag.ATTRIBUTE_VALUE, ctx.now),
-        "Last Change Date": date_time(Tag.ATTRIBUTE_VALUE, ctx.now),
-        "Original Creation Date": date_time(Tag.ATTRIBUTE_VALUE, ctx.now),
+        "Initial Date": now,
+        "Last Change Date": now,
+        "Original Creation Date": now,
     }
     for name, value in server.items():
         obj.attributes[name] = {0: value}
