@@ -396,5 +396,21 @@ def _object(uid: str, object_type: int, owner: str | None, attrs: bytes | None,
     obj = ManagedObject(uid=uid, object_type=ObjectType(object_type), owner=owner)
     raw = _unpack(attrs, frozenset(names) if names is not None else None)
     for name, instances in raw.items():
-        obj.attributes[name] = {index: decode(value) for index, value in instances.items()}
+        obj.attributes[name] = {index: _decoded(value) for index, value in instances.items()}
     return obj
+
+
+#: Attribute values already decoded, by their encoding: most are the same few (State,
+#: Cryptographic Algorithm and Length, Object Type), and items are immutable. Bounded.
+_DECODED: dict[bytes, Item] = {}
+_DECODED_MAX = 4096
+_DECODED_MAX_SIZE = 64
+
+
+def _decoded(value: bytes) -> Item:
+    item = _DECODED.get(value)
+    if item is None:
+        item = decode(value)
+        if len(value) <= _DECODED_MAX_SIZE and len(_DECODED) < _DECODED_MAX:
+            _DECODED[value] = item
+    return item
