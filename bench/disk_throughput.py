@@ -180,11 +180,13 @@ def main() -> int:
                                                                              keysafe=ks)))
             new_dek = generate_xts_key()
             new_ks = seal_keysafe(kek=kek, dek=new_dek, provider_id="bench", key_id="k")
+            os.sync()  # each timed conversion starts with nothing left to write back
             t_rekey = min(t_rekey, timed(lambda d=dek, n=new_dek, ks=new_ks: deep_rekey(
                 raw, old_dek=d, new_dek=n, new_keysafe=ks)))
             log(f"round {round_no}: random 4 KiB reads and writes…")
             r, w = random_io(raw, new_dek, size)
             reads, writes = max(reads, r), max(writes, w)
+            os.sync()
             t_dec = min(t_dec, timed(lambda n=new_dek: decrypt_disk(raw, dek=n)))
         log("measuring shallow re-key of a 100 GiB thin disk…")
         t_shallow = shallow_100g(work)
