@@ -77,6 +77,12 @@ _FIXED: dict[ItemType, tuple[int, str]] = {
     ItemType.DATE_TIME: (8, ">q"),
     ItemType.INTERVAL: (4, ">I"),
 }
+#: The 4-byte kinds the decoder reads in line (the value's struct reader).
+_FOUR_BYTES = {
+    ItemType.INTEGER: struct.Struct(">i").unpack_from,
+    ItemType.ENUMERATION: struct.Struct(">I").unpack_from,
+    ItemType.INTERVAL: struct.Struct(">I").unpack_from,
+}
 _RANGES: dict[ItemType, tuple[int, int]] = {
     ItemType.INTEGER: (-(2**31), 2**31 - 1),
     ItemType.LONG_INTEGER: (-(2**63), 2**63 - 1),
@@ -257,7 +263,7 @@ class _Decoder:
     def fail(self, offset: int, what: str) -> TtlvDecodeError:
         return TtlvDecodeError(f"malformed TTLV at byte offset {offset}: {what}")
 
-    def run(self) -> Item:  # noqa: PLR0912 — one loop on purpose: it is the hot path
+    def run(self) -> Item:  # noqa: PLR0912, PLR0915 — one loop on purpose: the hot path
         """Decode the one item that must span all of the data.
 
         Iterative, with an explicit stack of open structures: no recursion (``max_depth``
@@ -270,6 +276,9 @@ class _Decoder:
         types = _TYPES
         fixed_kinds = _FIXED
         structure_kind = ItemType.STRUCTURE
+        text_kind = ItemType.TEXT_STRING
+        four_bytes = _FOUR_BYTES
+        new, set_tag, set_type, set_value = _new_item, _set_tag, _set_type, _set_value
         max_depth, max_items = self.max_depth, self.max_items
         #: Open structures: [tag, end offset, children so far].
         stack: list[tuple[int, int, list[Item]]] = []
@@ -314,10 +323,26 @@ class _Decoder:
             if end - start != length and data.count(0, start + length, end) != (
                     end - start - length):
                 self.bad_padding(start + length, end)
-            fixed = fixed_kinds.get(kind)
-            value = self.fixed(kind, fixed, start, length) if fixed is not None else (
-                self.variable(kind, start, length))
-            item = _trusted(tag, kind, value)
+            # Enumerations, Integers and Text Strings are most items: read them in line.
+            value: ItemValue
+            unpack4 = four_bytes.get(kind)
+            if unpack4 is not None:
+                if length != 4:
+                    raise self.fail(start - 4, f"{kind.name} length must be 4, not {length}")
+                value = unpack4(data, start)[0]
+            elif kind is text_kind:
+                try:
+                    value = str(data[start : start + length], "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise self.fail(start + exc.start, "Text String is not valid UTF-8") from None
+            else:
+                fixed = fixed_kinds.get(kind)
+                value = self.fixed(kind, fixed, start, length) if fixed is not None else (
+                    self.variable(kind, start, length))
+            item = new(Item)
+            set_tag(item, tag)
+            set_type(item, kind)
+            set_value(item, value)
             offset = end
             if not stack:
                 return self._finish(item, offset, size)
