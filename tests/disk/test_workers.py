@@ -135,3 +135,40 @@ def test_a_malformed_job_is_refused_not_crashed() -> None:
         assert job is not None
         assert not job.result().any()
         assert buf[:4096].tobytes() == SectorCipher(key, unit_size=4096).encrypt(plain, 7)
+
+
+@pytest.mark.parametrize("operation", ["encrypt", "deep-rekey"])
+def test_a_chunk_torn_after_worker_compute_is_repaired_by_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kek: bytes, dek: bytes,
+    keysafe: KeySafe, operation: str,
+) -> None:
+    """A write stopped mid-chunk (as a kill between pages would) while workers computed
+    the chunks is repaired by resume from the journal's fingerprints."""
+    path = tmp_path / "d.img"
+    data = _raw(path)
+    new_dek = generate_xts_key()
+    new_keysafe = seal_keysafe(kek=kek, dek=new_dek, provider_id="t", key_id="k2")
+    if operation == "deep-rekey":
+        encrypt_disk(path, dek=dek, keysafe=keysafe)
+    cut = 2 * CHUNK + 1234 * 4096  # inside the third chunk, computed by a worker
+    real = convert.pwrite_all
+
+    def partial(fd: int, view: memoryview, offset: int, what: str) -> None:
+        if offset <= cut < offset + len(view):
+            real(fd, view[: cut - offset], offset, what)
+            raise KeyboardInterrupt("simulated kill")
+        real(fd, view, offset, what)
+
+    monkeypatch.setattr(convert, "pwrite_all", partial)
+    with pytest.raises(KeyboardInterrupt):
+        if operation == "encrypt":
+            encrypt_disk(path, dek=dek, keysafe=keysafe)
+        else:
+            deep_rekey(path, old_dek=dek, new_dek=new_dek, new_keysafe=new_keysafe)
+    monkeypatch.undo()
+    assert len(_live_workers()) == 2
+    final = dek if operation == "encrypt" else new_dek
+    keys = {keysafe.key_id: dek, new_keysafe.key_id: new_dek}
+    assert convert.resume(path, resolve_dek=lambda ks: keys[ks.key_id]) == operation
+    with open_encrypted(path, dek=final, writable=False) as disk:
+        assert disk.read(0, SIZE) == data
