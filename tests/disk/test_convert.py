@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.disk.conftest import interrupt_writes_at
 from vmcrypt.crypto import (
     KeySafe,
     generate_kek,
@@ -17,7 +18,6 @@ from vmcrypt.crypto import (
     rewrap_keysafe,
     seal_keysafe,
 )
-from vmcrypt.disk import convert
 from vmcrypt.disk.container import create_encrypted, open_encrypted, read_keysafe
 from vmcrypt.disk.convert import (
     CHUNK,
@@ -165,17 +165,8 @@ def test_cancel_then_resume(tmp_path: Path, kek: bytes, dek: bytes, keysafe: Key
 
 def _interrupt_mid_chunk(monkeypatch: pytest.MonkeyPatch, sectors_written: int) -> None:
     """Make the writes stop once ``sectors_written`` sectors of the second chunk are
-    written, as a SIGKILL between pages would (chunks are written in several pieces)."""
-    cut = CHUNK + sectors_written * 4096
-    real = convert.pwrite_all
-
-    def partial(fd: int, view: memoryview, offset: int, what: str) -> None:
-        if offset <= cut < offset + len(view):
-            real(fd, view[: cut - offset], offset, what)
-            raise KeyboardInterrupt("simulated kill")
-        real(fd, view, offset, what)
-
-    monkeypatch.setattr(convert, "pwrite_all", partial)
+    written."""
+    interrupt_writes_at(monkeypatch, CHUNK + sectors_written * 4096)
 
 
 def _in_flight(path: Path, sector: int) -> bool:

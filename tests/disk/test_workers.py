@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.disk.conftest import interrupt_writes_at
 from vmcrypt.crypto import KeySafe, generate_xts_key, seal_keysafe
 from vmcrypt.crypto.xts import SectorCipher
 from vmcrypt.disk import convert, workers
@@ -150,16 +151,7 @@ def test_a_chunk_torn_after_worker_compute_is_repaired_by_resume(
     new_keysafe = seal_keysafe(kek=kek, dek=new_dek, provider_id="t", key_id="k2")
     if operation == "deep-rekey":
         encrypt_disk(path, dek=dek, keysafe=keysafe)
-    cut = 2 * CHUNK + 1234 * 4096  # inside the third chunk, computed by a worker
-    real = convert.pwrite_all
-
-    def partial(fd: int, view: memoryview, offset: int, what: str) -> None:
-        if offset <= cut < offset + len(view):
-            real(fd, view[: cut - offset], offset, what)
-            raise KeyboardInterrupt("simulated kill")
-        real(fd, view, offset, what)
-
-    monkeypatch.setattr(convert, "pwrite_all", partial)
+    interrupt_writes_at(monkeypatch, 2 * CHUNK + 1234 * 4096)  # a worker computed it
     with pytest.raises(KeyboardInterrupt):
         if operation == "encrypt":
             encrypt_disk(path, dek=dek, keysafe=keysafe)
