@@ -276,8 +276,8 @@ def test_encrypt_a_raw_disk(cli: Cli, tmp_path: Path) -> None:
 # fdatasync, with 1 MiB chunks: the journal then says chunk 1 is in flight.
 _CRASH_AFTER_TWO_CHUNKS = """
 import os, sys
-import vmcrypt.disk.convert as convert
-convert.CHUNK = 1 << 20
+import vmcrypt.disk.pipeline as pipeline
+pipeline.CHUNK = 1 << 20
 calls = []
 real = os.fdatasync
 def crash(fd):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vmcrypt.crypto import KeySafe, generate_kek, generate_xts_key, seal_keysafe
-from vmcrypt.disk import convert
+from vmcrypt.disk import pipeline
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def interrupt_writes_at(monkeypatch: pytest.MonkeyPatch, cut: int) -> None:
     """Make a conversion's data writes stop at byte ``cut`` of the data file, as a
     SIGKILL between pages would: the write that holds it is cut there and raises
     KeyboardInterrupt (chunks are written in several pieces)."""
-    real = convert.pwrite_all
+    real = pipeline.pwrite_all
 
     def partial(fd: int, view: memoryview, offset: int, what: str) -> None:
         if offset <= cut < offset + len(view):
@@ -35,4 +35,4 @@ def interrupt_writes_at(monkeypatch: pytest.MonkeyPatch, cut: int) -> None:
             raise KeyboardInterrupt("simulated kill")
         real(fd, view, offset, what)
 
-    monkeypatch.setattr(convert, "pwrite_all", partial)
+    monkeypatch.setattr(pipeline, "pwrite_all", partial)

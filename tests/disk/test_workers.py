@@ -15,7 +15,7 @@ import pytest
 from tests.disk.conftest import interrupt_writes_at
 from vmcrypt.crypto import KeySafe, generate_xts_key, seal_keysafe
 from vmcrypt.crypto.xts import SectorCipher
-from vmcrypt.disk import convert, workers
+from vmcrypt.disk import convert, pipeline, workers
 from vmcrypt.disk.container import open_encrypted
 from vmcrypt.disk.convert import CHUNK, decrypt_disk, deep_rekey, encrypt_disk
 
@@ -26,7 +26,7 @@ SIZE = 5 * CHUNK + 3 * 4096  # a partial last chunk too
 @pytest.fixture(autouse=True)
 def _workers_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Use the workers for every size here (the default skips small disks)."""
-    monkeypatch.setattr(convert, "WORKERS_MIN_SIZE", 0)
+    monkeypatch.setattr(pipeline, "WORKERS_MIN_SIZE", 0)
     monkeypatch.setenv(workers.WORKERS_ENV, "2")
     workers.shutdown()
 
