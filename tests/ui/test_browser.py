@@ -114,6 +114,10 @@ def test_login_create_encrypted_vm_decrypt_a_disk_and_see_events(
     download.value.save_as(p12)
     assert p12.stat().st_size > 0
     page.locator("#flash.ok", has_text="downloaded").wait_for()
+    # The download refreshes the page's content (the provider is now backed up): let that
+    # swap land before filling the restore form, or it replaces the form just filled
+    # (seen once in CI under load: the restore then sent no file).
+    page.wait_for_function("() => !document.querySelector('.htmx-request')")
     restore = page.locator("#restore")
     restore.locator("input[type=file]").set_input_files(str(p12))
     restore.locator("input[name=password]").fill("a backup password")
