@@ -28,6 +28,7 @@ from vmcrypt.control.db.models import (
     EncryptionRecord,
     Host,
     KeyProvider,
+    KmsServer,
     LockReason,
     ProviderKind,
     Severity,
@@ -58,6 +59,7 @@ __all__ = [
     "push_native_provider",
     "reconnect_host",
     "refresh_vm_keys",
+    "server_files",
 ]
 
 _PRODUCT_VERSION = "0.1.0"
@@ -100,13 +102,12 @@ def load_standard(row: KeyProvider) -> StandardKeyProvider:
         raise UsageError(f"key provider {row.name!r} is {row.kind}, not standard")
     configs = []
     for server in row.kms_servers:
-        ca = server.ca_path or _pem_file(server.ca_pem)
-        cert = server.client_cert_path or _pem_file(server.client_cert_pem)
-        if ca is None or cert is None or server.client_key_path is None:
+        files = server_files(server)
+        if files is None:
             raise UsageError(f"KMS server {server.name!r} lacks its CA, client certificate or key")
-        configs.append(KmsServerConfig(server.address, server.port, ca_file=Path(ca),
-                                       cert_file=Path(cert),
-                                       key_file=Path(server.client_key_path)))
+        ca, cert, key = files
+        configs.append(KmsServerConfig(server.address, server.port, ca_file=ca,
+                                       cert_file=cert, key_file=key))
     return StandardKeyProvider(row.name, configs, product_version=_PRODUCT_VERSION)
 
 
@@ -342,6 +343,16 @@ def _key_event(session: Session, exc: ProviderError, *, host: Host | None, key_i
     append_event(session, type=exc.event, severity=Severity.ERROR,
                  object_type="host" if host else "key-provider",
                  object_id=host.id if host else provider, message=str(exc), details=details)
+
+
+def server_files(server: KmsServer) -> tuple[Path, Path, Path] | None:
+    """The CA, client certificate and client key files of a stored KMS or Trust Authority
+    server (PEM kept in the database written out), or None if one is missing."""
+    ca = server.ca_path or _pem_file(server.ca_pem)
+    cert = server.client_cert_path or _pem_file(server.client_cert_pem)
+    if ca is None or cert is None or server.client_key_path is None:
+        return None
+    return Path(ca), Path(cert), Path(server.client_key_path)
 
 
 def _pem_file(pem: str | None) -> str | None:

@@ -26,8 +26,6 @@ delete does it, and :func:`forget_vm` asks the host to forget an unregistered VM
 from __future__ import annotations
 
 import base64
-import hashlib
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,7 +62,7 @@ from vmcrypt.control.db.repo._common import fetch
 from vmcrypt.control.exceptions import Conflict, NotFound
 from vmcrypt.control.hostclient import HostRefused
 from vmcrypt.control.services.audit import crypto_event
-from vmcrypt.control.services.keys import HostConnector, hosts_of_vm
+from vmcrypt.control.services.keys import HostConnector, hosts_of_vm, server_files
 from vmcrypt.exceptions import UsageError, VmcryptError
 from vmcrypt.providers.exceptions import AddKeysToHostFailed
 from vmcrypt.trust.client import TrustClient
@@ -89,7 +87,6 @@ __all__ = [
 TA_SERVER_NAME: Final = "trust-authority"
 #: Seconds a call to the Trust Authority may take from a request handler.
 _TA_TIMEOUT: Final = 5.0
-_PEM_DIR = Path(tempfile.gettempdir()) / "vmcrypt-control-pem"
 #: Where an error carries events for after the rollback (``services.vms.after_rollback``).
 _AFTER_ROLLBACK: Final = "vmcrypt_after_rollback"
 _HOST_CODES: Final = {"host_not_attested": LockReason.HOST_NOT_ATTESTED,
@@ -142,13 +139,11 @@ def endpoint_of(row: KeyProvider) -> TrustEndpoint:
     if row.kind is not ProviderKind.TRUSTED or not row.kms_servers:
         raise UsageError(f"key provider {row.name!r} is not a registered trusted provider")
     server = row.kms_servers[0]
-    ca = server.ca_path or _pem_file(server.ca_pem)
-    cert = server.client_cert_path or _pem_file(server.client_cert_pem)
-    if ca is None or cert is None or server.client_key_path is None:
+    files = server_files(server)
+    if files is None:
         raise UsageError(f"trusted provider {row.name!r} lacks its Trust Authority CA, "
                          "client certificate or key")
-    return TrustEndpoint(f"https://{server.address}:{server.port}", Path(ca), Path(cert),
-                         Path(server.client_key_path))
+    return TrustEndpoint(f"https://{server.address}:{server.port}", *files)
 
 
 def published(endpoint: TrustEndpoint) -> list[dict[str, Any]]:
@@ -416,13 +411,3 @@ def _failure_event(host: Host, provider: str, exc: HostRefused) -> dict[str, Any
             "object_id": host.id, "message": f"{message}: {exc}",
             "details": {"host": host.name, "provider": provider, "reason": str(exc),
                         "code": exc.code}}
-
-
-def _pem_file(pem: str | None) -> str | None:
-    if pem is None:
-        return None
-    _PEM_DIR.mkdir(mode=0o700, exist_ok=True)
-    path = _PEM_DIR / (hashlib.sha256(pem.encode()).hexdigest() + ".pem")
-    if not path.exists():
-        path.write_text(pem)
-    return str(path)
